@@ -1,0 +1,1 @@
+"""Tunable kernels and their backends. Each kernel implements :class:`tuner.kernel.Kernel`."""

@@ -1,0 +1,38 @@
+"""``noop``: does nothing for ``sleep_ms`` milliseconds. Measures the tuner's own per-trial overhead."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tuner.kernel import BenchSettings, Kernel
+from tuner.types import Config, DeviceProfile, Measurement, Precision, Problem
+
+
+class Noop(Kernel):
+    name = "noop"
+    description = "sleeps sleep_ms per call; for overhead benchmarks"
+    shape_dims = ("sleep_ms",)
+    batch_dim = "sleep_ms"
+    precisions = (Precision.FP32,)
+
+    def flops(self, problem: Problem) -> float:
+        return 0.0
+
+    def bytes_moved(self, problem: Problem) -> float:
+        return 0.0
+
+    def source_files(self) -> tuple[Path, ...]:
+        return (Path(__file__),)
+
+    def toolchain(self) -> dict[str, str]:
+        return {}
+
+    def measure(self, problem: Problem, config: Config, device: DeviceProfile, bench: BenchSettings) -> Measurement:
+        seconds = problem.dims["sleep_ms"] / 1000.0
+        start = time.perf_counter()
+        if seconds:
+            time.sleep(seconds)
+        elapsed = time.perf_counter() - start
+        # A config-dependent time so a search has something to find.
+        return Measurement((elapsed + 1e-6 * int(config["x"]),))

@@ -1,0 +1,120 @@
+"""A small real job through the CLI: real gcc, real Optuna SQLite storage, real MLflow store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tuner.serving import ConfigTable
+
+SPEC = """
+name: e2e
+kernel: c_matmul
+problems:
+  - {M: [16, 64], N: 128, K: 128}
+budget: {trials: 6}
+sampler: {name: tpe, seed: 1}
+top_k: 2
+bench: {warmup: 1, repeats: 3, timeout_s: 30, remeasure_repeats: 5}
+"""
+
+
+def cotune(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tuner.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(cwd)},
+    )
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    work = tmp_path_factory.mktemp("job")
+    (work / "spec.yaml").write_text(SPEC)
+    proc = cotune("tune", "spec.yaml", "--export", "best.json", cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    return work
+
+
+def test_mlflow_has_a_parent_per_problem_and_a_child_per_trial(job):
+    import optuna
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{job}/cotune-runs/mlflow.db")
+    exp = client.get_experiment_by_name("cotune/e2e")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert sorted(r.data.tags["cotune.problem"] for r in parents) == [
+        "c_matmul:K=128,M=16,N=128:fp32",
+        "c_matmul:K=128,M=64,N=128:fp32",
+    ]
+    storage = f"sqlite:///{job}/cotune-runs/optuna.db"
+    for parent in parents:
+        study = optuna.load_study(study_name=parent.data.tags["cotune.study"], storage=storage)
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert len(children) == len(study.trials)
+        ok = [c for c in children if c.data.tags["cotune.state"] == "ok"]
+        assert len({json.dumps(c.data.params, sort_keys=True) for c in ok}) >= 6
+        assert all({"TILE_M", "LOOP_ORDER"} <= set(c.data.params) and c.data.metrics["time_s"] > 0 for c in ok)
+        assert "best_time_s" in parent.data.metrics and parent.data.params["best.TILE_M"]
+        artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+        assert {"best_config.json", "trials.csv", "optimization_history.png"} <= artifacts
+        assert parent.data.tags["cotune.source_hash"] and parent.data.tags["cotune.toolchain.cc"]
+
+
+def test_export_holds_the_fastest_remeasured_config(job):
+    import optuna
+
+    data = json.loads((job / "best.json").read_text())
+    assert data["schema_version"] == 1 and len(data["entries"]) == 2
+    storage = f"sqlite:///{job}/cotune-runs/optuna.db"
+    for entry in data["entries"]:
+        study = optuna.load_study(study_name=entry["provenance"]["study"], storage=storage)
+        best = study.user_attrs["best"]
+        assert entry["config"] == best["config"] and entry["provenance"]["trial"] == best["trial"]
+        assert entry["metrics"]["repeats"] == 5  # the re-measure, not the tuning run
+        assert entry["provenance"]["mlflow_run_id"] == study.user_attrs["mlflow_run_id"]
+
+
+def test_serving_lookup_uses_nearest_batch(job):
+    table = ConfigTable.load(job / "best.json")
+    device = table.entries[0].device
+    by_m = {e.shape["M"]: e.config for e in table.entries}
+    assert table.lookup("c_matmul", {"M": 16, "N": 128, "K": 128}, "fp32", device).config == by_m[16]
+    assert table.lookup("c_matmul", {"M": 50, "N": 128, "K": 128}, "fp32", device).config == by_m[64]
+    assert table.lookup("c_matmul", {"M": 1, "N": 128, "K": 128}, "fp32", device).config == by_m[16]
+    assert table.lookup("c_matmul", {"M": 16, "N": 256, "K": 128}, "fp32", device) is None
+
+
+def test_rerun_resumes_and_measures_nothing_new(job):
+    proc = cotune("tune", "spec.yaml", cwd=job)
+    assert proc.returncode == 0, proc.stderr
+    status = cotune("status", "e2e", "--json", cwd=job)
+    rows = json.loads(status.stdout)
+    assert len(rows) == 2 and all(r["best_config"] for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("args", "spec", "message"),
+    [
+        (["tune", "spec.yaml"], SPEC.replace("c_matmul", "cublas_magic"), "unknown kernel 'cublas_magic'"),
+        (["tune", "spec.yaml"], SPEC + "bogus: 1\n", "spec.yaml:10: bogus: unknown key"),
+        (["tune", "missing.yaml"], SPEC, "missing.yaml: cannot read"),
+        (["tune", "spec.yaml", "--storage", "postgresql://127.0.0.1:1/nodb"], SPEC, "cannot open Optuna storage"),
+        (["export", "nojob"], SPEC, "no tuning results at sqlite:///cotune-runs/optuna.db"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, args, spec, message):
+    (tmp_path / "spec.yaml").write_text(spec)
+    proc = cotune(*args, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert message in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+    if args[0] == "tune":
+        assert not (tmp_path / "cotune-runs").exists()

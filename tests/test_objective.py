@@ -1,0 +1,68 @@
+"""The choke point against a real compiler and a real child process: every failure is a trial result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kernels.c_matmul.kernel import CMatmul
+from tuner.isolation import CandidateRunner
+from tuner.kernel import BenchSettings
+from tuner.objective import TrialObjective
+from tuner.space import load_space
+from tuner.types import Config, FailureKind, Problem, TrialStatus
+
+DATA = Path(__file__).parent / "data"
+BASE = {"TILE_M": 16, "TILE_N": 64, "TILE_K": 16, "UNROLL": 1, "LOOP_ORDER": "ikj"}
+
+
+@pytest.fixture(scope="module")
+def runner():
+    with CandidateRunner() as r:
+        yield r
+
+
+@pytest.fixture
+def objective(runner, cpu):
+    kernel = CMatmul()
+    space = load_space(DATA / "crash_space.yaml", predicates=kernel.predicates)
+    problem = Problem.make("c_matmul", {"M": 64, "N": 64, "K": 64}, "fp32")
+    return TrialObjective(space, problem, cpu, runner, BenchSettings(warmup=1, repeats=3, timeout_s=10))
+
+
+def cfg(hook: int) -> Config:
+    return Config.make({**BASE, "CRASH_ON_PURPOSE": hook})
+
+
+def test_good_candidate_is_measured_and_verified(objective):
+    r = objective.evaluate(cfg(0))
+    assert r.status is TrialStatus.OK
+    assert len(r.measurement.times_s) == 3 and r.measurement.median_s > 0
+    assert r.measurement.max_rel_error < 1e-4 and r.measurement.gflops > 0
+
+
+@pytest.mark.parametrize(
+    ("hook", "kind", "text"),
+    [
+        (1, FailureKind.CRASH, "signal SIGSEGV"),
+        (2, FailureKind.TIMEOUT, "no result within 10 s"),
+        (3, FailureKind.WRONG_RESULT, "exceeds tolerance"),
+    ],
+)
+def test_failures_become_fail_results_and_the_tuner_goes_on(objective, hook, kind, text):
+    r = objective.evaluate(cfg(hook))
+    assert r.status is TrialStatus.FAIL and r.failure.kind is kind and text in r.failure.message
+    assert objective.evaluate(cfg(0)).status is TrialStatus.OK  # a fresh child took over
+
+
+def test_compile_error_is_a_fail_with_the_compiler_message(objective):
+    bad = objective.measure(Config.make({**BASE, "LOOP_ORDER": "nonsense"}), objective.bench)
+    assert bad.failure.kind is FailureKind.COMPILE and "bad define" in bad.failure.message
+
+
+def test_duplicates_reuse_the_earlier_result(objective):
+    first = objective.evaluate(cfg(0))
+    objective.remember(7, first)
+    again = objective.evaluate(cfg(0))
+    assert again.duplicate_of == 7 and again.measurement == first.measurement

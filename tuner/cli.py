@@ -1,0 +1,264 @@
+"""The ``cotune`` command line. Expected errors print one line and exit 1; no traceback."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tuner.errors import CotuneError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="cotune: kernel autotuner (Optuna + MLflow)")
+out = Console()
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+StorageOpt = Annotated[str | None, typer.Option(help="Optuna storage URL (else $COTUNE_STORAGE, spec, default)")]
+MlflowOpt = Annotated[str | None, typer.Option(help="MLflow tracking URI (else $MLFLOW_TRACKING_URI, spec, default)")]
+
+
+def clean_errors(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CotuneError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _settings(storage: str | None, mlflow_uri: str | None, spec: Any = None):
+    from tuner.settings import Settings
+
+    return Settings.resolve(
+        storage=storage,
+        mlflow_tracking_uri=mlflow_uri,
+        spec_storage=getattr(spec, "storage", None),
+        spec_mlflow=getattr(spec, "mlflow_tracking_uri", None),
+    )
+
+
+@app.command()
+@clean_errors
+def validate(spec: Path) -> None:
+    """Check a job spec and its search space without running anything."""
+    from tuner.registry import get_kernel
+    from tuner.spec import load_spec
+
+    job = load_spec(spec)
+    kernel = get_kernel(job.kernel)
+    from tuner.space import load_space
+
+    space = (
+        load_space(job.search_space, predicates=kernel.predicates, shape_dims=kernel.shape_dims)
+        if job.search_space
+        else kernel.space()
+    )
+    problems = job.expand()
+    out.print(f"{spec}: ok — kernel {job.kernel}, {len(problems)} problem(s), space of {space.size} points")
+
+
+@app.command()
+@clean_errors
+def tune(
+    spec: Path,
+    storage: StorageOpt = None,
+    mlflow_uri: Annotated[str | None, typer.Option("--mlflow-uri", help="MLflow tracking URI")] = None,
+    export: Annotated[Path | None, typer.Option(help="also write the best configs to this JSON")] = None,
+) -> None:
+    """Run a tuning job locally: one study per problem, trials in an isolated child process."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tuner.device import detect
+    from tuner.driver import tune_job
+    from tuner.mlflow_tracker import MlflowTracker
+    from tuner.settings import ensure_parent_dir
+    from tuner.spec import load_spec
+    from tuner.storage import open_storage
+
+    job = load_spec(spec)
+    settings = _settings(storage, mlflow_uri, job)
+    # Each store is checked before anything is written for the next, so a bad URL leaves nothing behind.
+    ensure_parent_dir(settings.storage)
+    open_storage(settings.storage)
+    ensure_parent_dir(settings.mlflow_tracking_uri)
+    tracker = MlflowTracker(settings.mlflow_tracking_uri)
+    device = detect("cpu")
+    out.print(
+        f"job [bold]{job.name}[/bold] on {device.name}: storage {settings.storage}, "
+        f"MLflow {settings.mlflow_tracking_uri}"
+    )
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[best]}"),
+        TimeElapsedColumn(),
+        console=out,
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def on_progress(p: Any) -> None:
+            key = p.problem.key
+            if key not in tasks:
+                tasks[key] = bar.add_task(key, total=p.budget, best="")
+            best = "" if p.best_value is None else f"best {_fmt_value(p.best_value, job.objective.value)}"
+            bar.update(tasks[key], completed=p.measured, total=p.budget, best=best)
+
+        outcomes = tune_job(job, settings.storage, device, tracker, on_progress)
+    table = Table(title=f"{job.name}: re-measured winners")
+    for col in ("problem", "measured", "failed", "pruned", "best config", "time", "GFLOP/s", "spread"):
+        table.add_column(col)
+    for o in outcomes:
+        b = o.best
+        table.add_row(
+            o.problem.key,
+            str(o.measured),
+            str(o.failed),
+            str(o.pruned),
+            json.dumps(b.config.values) if b else "-",
+            _fmt_time(b.remeasured.median_s) if b else "-",
+            f"{b.remeasured.gflops:.1f}" if b else "-",
+            f"{b.remeasured.spread:.1%}" if b else "-",
+        )
+    out.print(table)
+    if tracker.experiment_id:
+        out.print(
+            f"MLflow runs: mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}  "
+            f"then #/experiments/{tracker.experiment_id}/runs"
+        )
+    if export:
+        _write_export(settings.storage, job.name, export)
+
+
+@app.command()
+@clean_errors
+def status(
+    job: Annotated[str | None, typer.Argument()] = None,
+    storage: StorageOpt = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List studies (all, or one job's) with trial counts and best values."""
+    import optuna
+
+    from tuner.storage import open_storage
+
+    url = _settings(storage, None).storage
+    summaries = optuna.get_all_study_summaries(open_storage(url, create=False))
+    rows = []
+    for s in summaries:
+        if job and s.user_attrs.get("job") != job:
+            continue
+        best = s.user_attrs.get("best")
+        rows.append(
+            {
+                "study": s.study_name,
+                "job": s.user_attrs.get("job"),
+                "trials": s.n_trials,
+                "best_config": best["config"] if best else None,
+                "best_time_s": best["remeasured"]["times_s"]
+                and sorted(best["remeasured"]["times_s"])[len(best["remeasured"]["times_s"]) // 2]
+                if best
+                else None,
+            }
+        )
+    if job and not rows:
+        raise_not_found(job, url)
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table()
+    for col in ("study", "trials", "best config", "best time"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["study"],
+            str(r["trials"]),
+            json.dumps(r["best_config"]) if r["best_config"] else "-",
+            _fmt_time(r["best_time_s"]) if r["best_time_s"] else "-",
+        )
+    out.print(table)
+
+
+@app.command()
+@clean_errors
+def best(job: str, storage: StorageOpt = None) -> None:
+    """Print the re-measured best config of each problem of a job, as JSON."""
+    from tuner.export import build_export
+
+    data = build_export(_settings(storage, None).storage, job)
+    print(
+        json.dumps(
+            [{k: e[k] for k in ("kernel", "shape", "dtype", "config", "metrics")} for e in data["entries"]], indent=2
+        )
+    )
+
+
+@app.command()
+@clean_errors
+def export(
+    job: str,
+    output: Annotated[Path, typer.Option("-o", "--output")] = Path("cotune-best.json"),
+    storage: StorageOpt = None,
+) -> None:
+    """Write the versioned JSON of a job's best configs (for tuner.serving)."""
+    _write_export(_settings(storage, None).storage, job, output)
+
+
+@app.command()
+def kernels() -> None:
+    """List the kernels in the registry."""
+    from tuner.registry import get_kernel, kernel_names
+
+    table = Table()
+    for col in ("kernel", "dims", "precisions", "devices", "description"):
+        table.add_column(col)
+    for name in kernel_names():
+        k = get_kernel(name)
+        table.add_row(
+            name,
+            ",".join(k.shape_dims),
+            ",".join(p.value for p in k.precisions),
+            ",".join(k.device_kinds),
+            k.description,
+        )
+    out.print(table)
+
+
+def _write_export(storage_url: str, job: str, path: Path) -> None:
+    from tuner.export import build_export, write_export
+
+    data = build_export(storage_url, job)
+    write_export(data, path)
+    out.print(f"wrote {path} ({len(data['entries'])} entries)")
+
+
+def raise_not_found(job: str, url: str) -> None:
+    from tuner.errors import NotFoundError
+
+    raise NotFoundError(f"no studies for job {job!r} in {url}")
+
+
+def _fmt_time(seconds: float) -> str:
+    return f"{seconds * 1e3:.3f} ms" if seconds < 1 else f"{seconds:.3f} s"
+
+
+def _fmt_value(value: float, objective: str) -> str:
+    return _fmt_time(value) if objective == "min_time" else f"{value:.1f} GFLOP/s"
+
+
+def main() -> None:
+    app(prog_name="cotune")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Device profiles for the machine the tuner runs on."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+from tuner.types import DeviceProfile
+
+_CACHE_DIR = Path("/sys/devices/system/cpu/cpu0/cache")
+
+
+def _parse_size(text: str) -> int:
+    text = text.strip().upper()
+    scale = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(text[-1:], 1)
+    return int(text.rstrip("KMG")) * scale
+
+
+def _cpu_caches() -> dict[int, int]:
+    sizes: dict[int, int] = {}
+    if not _CACHE_DIR.is_dir():
+        return sizes
+    for index in _CACHE_DIR.glob("index*"):
+        try:
+            level = int((index / "level").read_text())
+            kind = (index / "type").read_text().strip()
+            size = _parse_size((index / "size").read_text())
+        except (OSError, ValueError):
+            continue
+        if kind in ("Data", "Unified"):
+            sizes[level] = size
+    return sizes
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def cpu_profile() -> DeviceProfile:
+    caches = _cpu_caches()
+    return DeviceProfile(
+        name=_cpu_name(),
+        kind="cpu",
+        cores=len(os.sched_getaffinity(0)),
+        l1_bytes=caches.get(1, 32 * 1024),
+        l2_bytes=caches.get(2, 1024 * 1024),
+        extra={"machine": platform.machine(), "l3_bytes": str(caches.get(3, 0))},
+    )
+
+
+def detect(kind: str = "cpu") -> DeviceProfile:
+    """Profile of the local device of the given kind. CUDA profiles come with the GPU kernel library."""
+    if kind == "cpu":
+        return cpu_profile()
+    raise NotImplementedError(f"device kind {kind!r} is not supported yet")

@@ -1,0 +1,74 @@
+"""The versioned JSON of best configs that ``cotune export`` writes and :mod:`tuner.serving` reads."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+from tuner import __version__
+from tuner.errors import NotFoundError
+from tuner.registry import get_kernel
+from tuner.storage import open_storage
+
+SCHEMA_VERSION = 1
+
+
+def job_studies(storage_url: str, job: str) -> list[Any]:
+    """Studies of a job, as Optuna ``FrozenStudy`` summaries, in creation order."""
+    import optuna
+
+    storage = open_storage(storage_url, create=False)
+    found = [s for s in optuna.get_all_study_summaries(storage) if s.user_attrs.get("job") == job]
+    if not found:
+        raise NotFoundError(f"no studies for job {job!r} in {storage_url}")
+    return found
+
+
+def build_export(storage_url: str, job: str) -> dict[str, Any]:
+    entries = []
+    for s in job_studies(storage_url, job):
+        attrs = s.user_attrs
+        best = attrs.get("best")
+        if not best:
+            continue
+        problem = attrs["problem"]
+        remeasured = best["remeasured"]
+        from tuner.types import Measurement
+
+        m = Measurement.from_json(remeasured)
+        entries.append(
+            {
+                "kernel": problem["kernel"],
+                "shape": problem["shape"],
+                "dtype": problem["dtype"],
+                "batch_dim": get_kernel(problem["kernel"]).batch_dim,
+                "device": {"name": attrs["device"]["name"], "kind": attrs["device"]["kind"]},
+                "config": best["config"],
+                "metrics": m.metrics(),
+                "toolchain": attrs.get("toolchain", {}),
+                "provenance": {
+                    "study": s.study_name,
+                    "trial": best["trial"],
+                    "mlflow_run_id": attrs.get("mlflow_run_id"),
+                    "source_hash": attrs.get("source_hash"),
+                },
+            }
+        )
+    if not entries:
+        raise NotFoundError(f"job {job!r} has no finished study with a best config yet")
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "generator": f"cotune {__version__}",
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "job": job,
+        "entries": entries,
+    }
+
+
+def write_export(data: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)

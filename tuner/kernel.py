@@ -1,0 +1,77 @@
+"""The contract every tunable kernel implements. Kernels live in the ``kernels`` package.
+
+A kernel object is stateless and cheap to construct; :meth:`Kernel.measure` runs in an isolated child
+process (see :mod:`tuner.isolation`), so it may crash or hang without taking the tuner down.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import ClassVar
+
+from tuner.space import Predicate, SearchSpace, load_space
+from tuner.types import Config, DeviceProfile, FailureKind, Measurement, Precision, Problem
+
+SEARCH_SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """How hard to time a candidate: warm-up calls, timed repeats, and a per-candidate timeout."""
+
+    warmup: int = 1
+    repeats: int = 5
+    timeout_s: float = 60.0
+
+
+class CandidateError(Exception):
+    """Raised inside :meth:`Kernel.measure` for an expected failure; becomes a FAIL trial with a reason."""
+
+    def __init__(self, kind: FailureKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class Kernel(ABC):
+    """A tunable kernel: its problem shape, its cost model, and how to measure one config."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    shape_dims: ClassVar[tuple[str, ...]]
+    batch_dim: ClassVar[str]  # the dimension serving looks up by nearest value (vLLM's rule for M)
+    precisions: ClassVar[tuple[Precision, ...]]
+    device_kinds: ClassVar[tuple[str, ...]] = ("cpu",)
+    predicates: ClassVar[Mapping[str, Predicate]] = {}
+
+    @abstractmethod
+    def flops(self, problem: Problem) -> float: ...
+
+    @abstractmethod
+    def bytes_moved(self, problem: Problem) -> float: ...
+
+    @abstractmethod
+    def source_files(self) -> tuple[Path, ...]:
+        """Files whose content defines the kernel; their hash keys cached results and MLflow runs."""
+
+    @abstractmethod
+    def toolchain(self) -> dict[str, str]:
+        """Versions of whatever turns a config into machine code (compiler, torch, ...)."""
+
+    @abstractmethod
+    def measure(self, problem: Problem, config: Config, device: DeviceProfile, bench: BenchSettings) -> Measurement:
+        """Build, verify against the reference, then time. Raise :class:`CandidateError` on failure."""
+
+    @cached_property
+    def source_hash(self) -> str:
+        h = hashlib.sha256()
+        for path in self.source_files():
+            h.update(path.read_bytes())
+        return h.hexdigest()[:16]
+
+    def space(self, directory: Path = SEARCH_SPACES_DIR) -> SearchSpace:
+        return load_space(directory / f"{self.name}.yaml", predicates=self.predicates, shape_dims=self.shape_dims)

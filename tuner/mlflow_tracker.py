@@ -1,0 +1,179 @@
+"""MLflow tracking: an experiment per job, a parent run per (problem, device) study, a child run per trial.
+
+Child runs are written by one background thread, so the tuning loop pays a queue put per trial rather
+than three round trips to the tracking store. The parent run id is returned at once, so it can be
+recorded in the Optuna study before any trial runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tuner.errors import StorageError
+from tuner.tracker import BestLog, StudyInfo, TrialLog
+from tuner.types import TrialStatus
+
+if TYPE_CHECKING:
+    import optuna
+    from mlflow import MlflowClient
+
+log = logging.getLogger(__name__)
+
+_RUN_STATUS = {TrialStatus.OK: "FINISHED", TrialStatus.FAIL: "FAILED", TrialStatus.PRUNED: "KILLED"}
+
+
+def open_client(uri: str) -> MlflowClient:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)
+    except (MlflowException, OSError) as exc:
+        raise StorageError(f"cannot open MLflow tracking store {uri}: {str(exc).splitlines()[0]}") from None
+    return client
+
+
+class MlflowTracker:
+    def __init__(self, tracking_uri: str) -> None:
+        self.uri = tracking_uri
+        self.client = open_client(tracking_uri)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cotune-mlflow")
+        self._pending: list[Future[None]] = []
+        self._experiment_id: str | None = None
+        self._parent: str | None = None
+        self._errors: list[str] = []
+
+    def start_job(self, job: str) -> None:
+        name = f"cotune/{job}"
+        exp = self.client.get_experiment_by_name(name)
+        self._experiment_id = exp.experiment_id if exp else self.client.create_experiment(name)
+
+    @property
+    def experiment_id(self) -> str | None:
+        return self._experiment_id
+
+    def start_study(self, info: StudyInfo) -> str:
+        assert self._experiment_id is not None, "start_job first"
+        tags = {
+            "mlflow.runName": info.problem.key,
+            "cotune.job": info.job,
+            "cotune.study": info.study_name,
+            "cotune.kernel": info.problem.kernel,
+            "cotune.problem": info.problem.key,
+            "cotune.device": info.device.name,
+            **info.tags,
+        }
+        existing = self.client.search_runs(
+            [self._experiment_id], f"tags.`cotune.study` = '{info.study_name}'", max_results=1
+        )
+        run = existing[0] if existing else self.client.create_run(self._experiment_id, tags=tags)
+        self._parent = run.info.run_id
+        return self._parent
+
+    def log_trial(self, trial: TrialLog) -> None:
+        self._pending.append(self._pool.submit(self._write_trial, self._parent, trial))
+
+    def _write_trial(self, parent: str, trial: TrialLog) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        tags = {
+            "mlflow.parentRunId": parent,
+            "mlflow.runName": f"trial-{trial.number}",
+            "cotune.trial": str(trial.number),
+            "cotune.state": trial.status.value,
+        }
+        if trial.reason:
+            tags["cotune.reason"] = trial.reason[:5000]
+        if trial.duplicate_of is not None:
+            tags["cotune.duplicate_of"] = str(trial.duplicate_of)
+        metrics = [Metric("duration_s", trial.duration_s, now, 0)]
+        if trial.measurement is not None:
+            metrics += [Metric(k, v, now, 0) for k, v in trial.measurement.metrics().items()]
+        try:
+            run = self.client.create_run(self._experiment_id, start_time=now, tags=tags)
+            params = [Param(k, str(v)) for k, v in trial.config.params]
+            self.client.log_batch(
+                run.info.run_id, metrics=metrics, params=params, tags=[RunTag("cotune.kind", "trial")]
+            )
+            self.client.set_terminated(run.info.run_id, _RUN_STATUS[trial.status])
+        except Exception as exc:  # recorded and reported at close; tuning goes on
+            self._errors.append(f"trial {trial.number}: {exc}")
+
+    def finish_study(self, best: BestLog | None, study: optuna.Study) -> None:
+        for f in self._pending:
+            f.result()
+        self._pending.clear()
+        from mlflow.entities import Metric, Param
+
+        parent = self._parent
+        now = int(time.time() * 1000)
+        counts = {s.value: 0 for s in TrialStatus}
+        for t in study.trials:
+            counts[t.user_attrs.get("cotune.status", "fail")] = (
+                counts.get(t.user_attrs.get("cotune.status", "fail"), 0) + 1
+            )
+        metrics = [Metric(f"trials_{k}", float(v), now, 0) for k, v in counts.items()]
+        params: list[Param] = []
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp)
+            if best is not None:
+                params = [Param(f"best.{k}", str(v)) for k, v in best.config.params]
+                metrics += [Metric(f"best_{k}", v, now, 0) for k, v in best.remeasured.metrics().items()]
+                metrics.append(Metric("best_tuned_time_s", best.tuned.median_s, now, 0))
+                (out / "best_config.json").write_text(
+                    json.dumps(
+                        {
+                            "trial": best.trial_number,
+                            "config": best.config.values,
+                            "metrics": best.remeasured.metrics(),
+                        },
+                        indent=2,
+                    )
+                )
+            study.trials_dataframe().to_csv(out / "trials.csv", index=False)
+            _plots(study, out)
+            # Parameters are immutable in MLflow; a resumed study may already hold best.* params.
+            existing = self.client.get_run(parent).data.params
+            params = [p for p in params if p.key not in existing]
+            self.client.log_batch(parent, metrics=metrics, params=params)
+            self.client.log_artifacts(parent, str(out))
+        self.client.set_terminated(parent, "FINISHED")
+
+    def close(self) -> None:
+        for f in self._pending:
+            f.result()
+        self._pool.shutdown(wait=True)
+        if self._errors:
+            log.warning("MLflow logging failed for %d trial(s): %s", len(self._errors), self._errors[0])
+
+
+def _plots(study: optuna.Study, out: Path) -> None:
+    import matplotlib
+    import optuna
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.trial import TrialState
+    from optuna.visualization import matplotlib as ovm
+
+    if not any(t.state == TrialState.COMPLETE for t in study.trials):
+        return
+    for name, plot in (
+        ("optimization_history.png", ovm.plot_optimization_history),
+        ("parallel_coordinate.png", ovm.plot_parallel_coordinate),
+    ):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            ax = plot(study)
+        fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+        fig.savefig(out / name, dpi=100, bbox_inches="tight")
+        plt.close(fig)

@@ -1,0 +1,87 @@
+"""The one choke point between the sampler and the hardware.
+
+For each proposed config: constraint check (infeasible -> PRUNED with the reason, never compiled),
+de-duplication (a config measured before reuses its result), then compile, verify and benchmark in an
+isolated child process; any failure becomes a FAIL result with its reason.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+from tuner.isolation import CandidateRunner, Request
+from tuner.kernel import BenchSettings
+from tuner.space import SearchSpace
+from tuner.types import (
+    Config,
+    DeviceProfile,
+    Failure,
+    FailureKind,
+    Measurement,
+    Objective,
+    Problem,
+    TrialStatus,
+)
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    config: Config
+    status: TrialStatus
+    measurement: Measurement | None = None
+    failure: Failure | None = None
+    duplicate_of: int | None = None
+    duration_s: float = 0.0
+
+    @property
+    def reason(self) -> str | None:
+        return str(self.failure) if self.failure else None
+
+
+def score(measurement: Measurement, objective: Objective) -> float:
+    """The value told to Optuna: seconds (minimise) or GFLOP/s (maximise)."""
+    return measurement.median_s if objective is Objective.MIN_TIME else measurement.gflops
+
+
+class TrialObjective:
+    def __init__(
+        self,
+        space: SearchSpace,
+        problem: Problem,
+        device: DeviceProfile,
+        runner: CandidateRunner,
+        bench: BenchSettings,
+    ) -> None:
+        self.space = space
+        self.problem = problem
+        self.device = device
+        self.runner = runner
+        self.bench = bench
+        self._seen: dict[str, tuple[int, TrialResult]] = {}
+
+    def remember(self, number: int, result: TrialResult) -> None:
+        """Record a measured (or failed) config so a repeat proposal reuses it."""
+        if result.duplicate_of is None and result.status is not TrialStatus.PRUNED:
+            self._seen.setdefault(result.config.key, (number, result))
+
+    @property
+    def measured(self) -> int:
+        return len(self._seen)
+
+    def evaluate(self, config: Config) -> TrialResult:
+        reason = self.space.violation(config, self.problem, self.device)
+        if reason:
+            return TrialResult(config, TrialStatus.PRUNED, failure=Failure(FailureKind.INFEASIBLE, reason))
+        if config.key in self._seen:
+            number, prior = self._seen[config.key]
+            return replace(prior, duplicate_of=number, duration_s=0.0)
+        return self.measure(config, self.bench)
+
+    def measure(self, config: Config, bench: BenchSettings) -> TrialResult:
+        start = time.perf_counter()
+        out = self.runner.run(Request(self.problem, config, self.device, bench))
+        elapsed = time.perf_counter() - start
+        if isinstance(out, Failure):
+            return TrialResult(config, TrialStatus.FAIL, failure=out, duration_s=elapsed)
+        return TrialResult(config, TrialStatus.OK, measurement=out, duration_s=elapsed)

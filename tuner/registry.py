@@ -1,0 +1,32 @@
+"""Kernel registry: the only way a job spec reaches code. Names map to classes in the ``kernels`` package,
+imported on first use so that ``import tuner`` stays light and no spec can name arbitrary code."""
+
+from __future__ import annotations
+
+import importlib
+from functools import cache
+
+from tuner.errors import UnknownKernelError
+from tuner.kernel import Kernel
+
+# name -> "module:ClassName"; kernels that need a GPU stack import it inside their own methods.
+KERNELS: dict[str, str] = {
+    "c_matmul": "kernels.c_matmul.kernel:CMatmul",
+    "torch_linear": "kernels.torch_linear:TorchLinear",
+    "noop": "kernels.noop:Noop",
+}
+
+
+def kernel_names() -> list[str]:
+    return sorted(KERNELS)
+
+
+@cache
+def get_kernel(name: str) -> Kernel:
+    try:
+        target = KERNELS[name]
+    except KeyError:
+        raise UnknownKernelError(f"unknown kernel {name!r}; known kernels: {', '.join(kernel_names())}") from None
+    module_name, cls_name = target.split(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    return cls()

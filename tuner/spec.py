@@ -1,0 +1,136 @@
+"""Job specs: what to tune, on which problems, for how long. Loaded from YAML, validated with pydantic."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tuner.errors import CotuneError, SpecError
+from tuner.kernel import BenchSettings
+from tuner.registry import get_kernel
+from tuner.types import Objective, Precision, Problem
+from tuner.yaml_lines import describe, load_yaml, load_yaml_file
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Budget(_Strict):
+    trials: int | None = Field(default=None, gt=0, description="measured trials per problem")
+    wall_time_s: float | None = Field(default=None, gt=0, description="wall time per problem")
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> Budget:
+        if self.trials is None and self.wall_time_s is None:
+            raise ValueError("give trials, wall_time_s, or both")
+        return self
+
+
+class SamplerSpec(_Strict):
+    name: Literal["tpe", "random", "gp", "cmaes"] = "tpe"
+    seed: int | None = None
+
+
+class BenchSpec(_Strict):
+    warmup: int = Field(default=1, ge=0)
+    repeats: int = Field(default=5, ge=1)
+    timeout_s: float = Field(default=60.0, gt=0)
+    remeasure_repeats: int = Field(default=15, ge=1)
+
+    def settings(self, *, remeasure: bool = False) -> BenchSettings:
+        repeats = self.remeasure_repeats if remeasure else self.repeats
+        return BenchSettings(warmup=self.warmup, repeats=repeats, timeout_s=self.timeout_s)
+
+
+ShapeValue = int | list[int]
+
+
+class JobSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    kernel: str
+    problems: list[dict[str, ShapeValue]] = Field(min_length=1)
+    precisions: list[Precision] = [Precision.FP32]
+    objective: Objective = Objective.MIN_TIME
+    budget: Budget
+    sampler: SamplerSpec = SamplerSpec()
+    top_k: int = Field(default=3, ge=1)
+    bench: BenchSpec = BenchSpec()
+    search_space: Path | None = Field(default=None, description="space file overriding search_spaces/")
+    storage: str | None = Field(default=None, description="Optuna storage URL")
+    mlflow_tracking_uri: str | None = None
+
+    @field_validator("kernel")
+    @classmethod
+    def _known_kernel(cls, name: str) -> str:
+        try:
+            get_kernel(name)
+        except CotuneError as exc:
+            raise ValueError(str(exc)) from None
+        return name
+
+    @field_validator("problems")
+    @classmethod
+    def _positive(cls, problems: list[dict[str, ShapeValue]]) -> list[dict[str, ShapeValue]]:
+        for i, shape in enumerate(problems):
+            for dim, value in shape.items():
+                values = value if isinstance(value, list) else [value]
+                if not values or any(v <= 0 for v in values):
+                    raise ValueError(f"problems.{i}.{dim} must be a positive integer or a non-empty list of them")
+        return problems
+
+    @model_validator(mode="after")
+    def _fits_kernel(self) -> JobSpec:
+        kernel = get_kernel(self.kernel)
+        for i, shape in enumerate(self.problems):
+            missing = set(kernel.shape_dims) - set(shape)
+            extra = set(shape) - set(kernel.shape_dims)
+            if missing or extra:
+                raise ValueError(
+                    f"problems.{i}: {self.kernel} takes dims {', '.join(kernel.shape_dims)}"
+                    + (f"; missing {', '.join(sorted(missing))}" if missing else "")
+                    + (f"; unknown {', '.join(sorted(extra))}" if extra else "")
+                )
+        bad = [p.value for p in self.precisions if p not in kernel.precisions]
+        if bad:
+            raise ValueError(
+                f"precisions: {self.kernel} supports {', '.join(p.value for p in kernel.precisions)}, "
+                f"not {', '.join(bad)}"
+            )
+        return self
+
+    def expand(self) -> list[Problem]:
+        """Cross product of every list-valued shape field, times the precisions, in spec order."""
+        out: list[Problem] = []
+        for shape in self.problems:
+            dims = list(shape)
+            axes = [v if isinstance(v, list) else [v] for v in shape.values()]
+            for combo in itertools.product(*axes):
+                for precision in self.precisions:
+                    out.append(Problem.make(self.kernel, dict(zip(dims, combo, strict=True)), precision))
+        return list(dict.fromkeys(out))
+
+
+def parse_spec(text: str, source: str = "<spec>", base_dir: Path | None = None) -> JobSpec:
+    data, lines = load_yaml(text, source)
+    return _validate(data, lines, source, base_dir)
+
+
+def load_spec(path: Path) -> JobSpec:
+    data, lines = load_yaml_file(path)
+    return _validate(data, lines, str(path), path.parent)
+
+
+def _validate(data: object, lines: dict, source: str, base_dir: Path | None) -> JobSpec:
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a job spec is a YAML mapping (name, kernel, problems, budget, ...)")
+    try:
+        spec = JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise describe(exc, source, lines) from None
+    if spec.search_space is not None and base_dir is not None and not spec.search_space.is_absolute():
+        spec = spec.model_copy(update={"search_space": base_dir / spec.search_space})
+    return spec

@@ -1,0 +1,182 @@
+"""Typed values that cross module boundaries: problems, configs, measurements, device profiles."""
+
+from __future__ import annotations
+
+import enum
+import json
+import statistics
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+ParamValue = int | float | str | bool
+
+
+class Precision(enum.StrEnum):
+    FP32 = "fp32"
+    TF32 = "tf32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+    FP8 = "fp8"
+
+
+class Objective(enum.StrEnum):
+    MIN_TIME = "min_time"
+    MAX_THROUGHPUT = "max_throughput"
+
+
+class TrialStatus(enum.StrEnum):
+    OK = "ok"
+    FAIL = "fail"
+    PRUNED = "pruned"
+
+
+class FailureKind(enum.StrEnum):
+    """Why a candidate produced no valid measurement."""
+
+    INFEASIBLE = "infeasible"  # a constraint rejected it before compiling
+    COMPILE = "compile_error"
+    WRONG_RESULT = "wrong_result"
+    RUNTIME = "runtime_error"
+    TIMEOUT = "timeout"
+    CRASH = "crash"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing to tune: a kernel on a concrete shape and precision."""
+
+    kernel: str
+    shape: tuple[tuple[str, int], ...]
+    dtype: Precision
+
+    @classmethod
+    def make(cls, kernel: str, shape: Mapping[str, int], dtype: Precision | str) -> Problem:
+        return cls(kernel, tuple(sorted((k, int(v)) for k, v in shape.items())), Precision(dtype))
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return dict(self.shape)
+
+    @property
+    def key(self) -> str:
+        """Canonical string, stable across runs: ``kernel:K=..,M=..,N=..:dtype``."""
+        return f"{self.kernel}:{','.join(f'{k}={v}' for k, v in self.shape)}:{self.dtype.value}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kernel": self.kernel, "shape": self.dims, "dtype": self.dtype.value}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Problem:
+        return cls.make(data["kernel"], data["shape"], data["dtype"])
+
+
+@dataclass(frozen=True)
+class Config:
+    """A point of a search space: parameter name to value, kept sorted for a stable key."""
+
+    params: tuple[tuple[str, ParamValue], ...]
+
+    @classmethod
+    def make(cls, params: Mapping[str, ParamValue]) -> Config:
+        return cls(tuple(sorted(params.items())))
+
+    @property
+    def values(self) -> dict[str, ParamValue]:
+        return dict(self.params)
+
+    @property
+    def key(self) -> str:
+        return json.dumps(self.values, sort_keys=True)
+
+    def __getitem__(self, name: str) -> ParamValue:
+        return self.values[name]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Timings of one candidate. Times are seconds per call, one entry per timed repeat."""
+
+    times_s: tuple[float, ...]
+    flops: float = 0.0
+    bytes_moved: float = 0.0
+    max_rel_error: float = 0.0
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.times_s)
+
+    @property
+    def spread(self) -> float:
+        """Relative spread: (max - min) / median over the repeats."""
+        return (max(self.times_s) - min(self.times_s)) / self.median_s if self.median_s > 0 else 0.0
+
+    @property
+    def gflops(self) -> float:
+        return self.flops / self.median_s / 1e9 if self.median_s > 0 else 0.0
+
+    @property
+    def gbytes_per_s(self) -> float:
+        return self.bytes_moved / self.median_s / 1e9 if self.median_s > 0 else 0.0
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "time_s": self.median_s,
+            "time_min_s": min(self.times_s),
+            "spread": self.spread,
+            "gflops": self.gflops,
+            "gbytes_per_s": self.gbytes_per_s,
+            "max_rel_error": self.max_rel_error,
+            "repeats": float(len(self.times_s)),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Measurement:
+        return cls(
+            times_s=tuple(data["times_s"]),
+            flops=data.get("flops", 0.0),
+            bytes_moved=data.get("bytes_moved", 0.0),
+            max_rel_error=data.get("max_rel_error", 0.0),
+        )
+
+
+@dataclass(frozen=True)
+class Failure:
+    kind: FailureKind
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}: {self.message}"
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """What constraints and rooflines need to know about the hardware a study runs on."""
+
+    name: str
+    kind: str  # "cpu" or "cuda"
+    cores: int = 1
+    l1_bytes: int = 0
+    l2_bytes: int = 0
+    shared_mem_per_block: int = 0
+    max_threads_per_block: int = 0
+    sm_count: int = 0
+    compute_capability: tuple[int, int] | None = None
+    peak_flops: Mapping[str, float] = field(default_factory=dict)
+    mem_bandwidth: float = 0.0
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def slug(self) -> str:
+        """Lower-case, dash-separated name, used for queue and study names."""
+        out = "".join(c if c.isalnum() else "-" for c in self.name.lower())
+        return "-".join(p for p in out.split("-") if p)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["peak_flops"] = dict(self.peak_flops)
+        data["extra"] = dict(self.extra)
+        return data
