@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from kernels.timing import time_calls
 from tuner.kernel import BenchSettings, Kernel
 from tuner.types import Config, DeviceProfile, Measurement, Precision, Problem
 
 
 class Noop(Kernel):
     name = "noop"
-    description = "sleeps sleep_ms per call; for overhead benchmarks"
+    description = "sleeps sleep_ms per call; measures the loop's own overhead"
     shape_dims = ("sleep_ms",)
     batch_dim = "sleep_ms"
     precisions = (Precision.FP32,)
@@ -30,9 +31,4 @@ class Noop(Kernel):
 
     def measure(self, problem: Problem, config: Config, device: DeviceProfile, bench: BenchSettings) -> Measurement:
         seconds = problem.dims["sleep_ms"] / 1000.0
-        start = time.perf_counter()
-        if seconds:
-            time.sleep(seconds)
-        elapsed = time.perf_counter() - start
-        # A config-dependent time so a search has something to find.
-        return Measurement((elapsed + 1e-6 * int(config["x"]),))
+        return Measurement(time_calls(lambda: time.sleep(seconds), warmup=bench.warmup, repeats=bench.repeats))

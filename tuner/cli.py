@@ -125,7 +125,7 @@ def tune(
             str(o.measured),
             str(o.failed),
             str(o.pruned),
-            json.dumps(b.config.values) if b else "-",
+            _fmt_config(b.config.values) if b else "-",
             _fmt_time(b.remeasured.median_s) if b else "-",
             f"{b.remeasured.gflops:.1f}" if b else "-",
             f"{b.remeasured.spread:.1%}" if b else "-",
@@ -151,6 +151,7 @@ def status(
     import optuna
 
     from tuner.storage import open_storage
+    from tuner.types import Measurement
 
     url = _settings(storage, None).storage
     summaries = optuna.get_all_study_summaries(open_storage(url, create=False))
@@ -165,10 +166,7 @@ def status(
                 "job": s.user_attrs.get("job"),
                 "trials": s.n_trials,
                 "best_config": best["config"] if best else None,
-                "best_time_s": best["remeasured"]["times_s"]
-                and sorted(best["remeasured"]["times_s"])[len(best["remeasured"]["times_s"]) // 2]
-                if best
-                else None,
+                "best_time_s": Measurement.from_json(best["remeasured"]).median_s if best else None,
             }
         )
     if job and not rows:
@@ -183,7 +181,7 @@ def status(
         table.add_row(
             r["study"],
             str(r["trials"]),
-            json.dumps(r["best_config"]) if r["best_config"] else "-",
+            _fmt_config(r["best_config"]) if r["best_config"] else "-",
             _fmt_time(r["best_time_s"]) if r["best_time_s"] else "-",
         )
     out.print(table)
@@ -246,6 +244,10 @@ def raise_not_found(job: str, url: str) -> None:
     from tuner.errors import NotFoundError
 
     raise NotFoundError(f"no studies for job {job!r} in {url}")
+
+
+def _fmt_config(values: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in values.items())
 
 
 def _fmt_time(seconds: float) -> str:
