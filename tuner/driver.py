@@ -6,7 +6,6 @@ Studies are resumable: running the same job again continues each study up to its
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from tuner.types import Config, DeviceProfile, Measurement, Objective, Problem, 
 # Stop asking when this many proposals in a row were infeasible or already measured.
 MAX_IDLE_PROPOSALS = 200
 SPACE_ENUMERATION_LIMIT = 1_000_000
+TRIAL_ATTR = "cotune"  # per-trial record: status, reason, duplicate_of, measurement
 
 
 @dataclass(frozen=True)
@@ -170,8 +170,9 @@ def _tune_problem(
     tracker.finish_study(best, study)
     counts = {s: 0 for s in TrialStatus}
     for t in study.get_trials(deepcopy=False):
-        if "cotune.duplicate_of" not in t.user_attrs and "cotune.status" in t.user_attrs:
-            counts[TrialStatus(t.user_attrs["cotune.status"])] += 1
+        record = _record(t)
+        if "duplicate_of" not in record and "status" in record:
+            counts[TrialStatus(record["status"])] += 1
     return StudyOutcome(
         problem, name, counts[TrialStatus.OK], counts[TrialStatus.FAIL], counts[TrialStatus.PRUNED], best, run_id
     )
@@ -180,14 +181,16 @@ def _tune_problem(
 def _tell(study, trial, result: TrialResult, objective: Objective) -> None:
     from optuna.trial import TrialState
 
-    trial.set_user_attr("cotune.status", result.status.value)
+    # One attribute, one storage write: each write is a transaction on the shared storage.
+    record: dict[str, object] = {"status": result.status.value}
     if result.duplicate_of is not None:
-        trial.set_user_attr("cotune.duplicate_of", result.duplicate_of)
+        record["duplicate_of"] = result.duplicate_of
     if result.failure:
-        trial.set_user_attr("cotune.failure_kind", result.failure.kind.value)
-        trial.set_user_attr("cotune.reason", result.failure.message[:2000])
+        record["failure_kind"] = result.failure.kind.value
+        record["reason"] = result.failure.message[:2000]
     if result.measurement:
-        trial.set_user_attr("cotune.measurement", json.dumps(result.measurement.to_json()))
+        record["measurement"] = result.measurement.to_json()
+    trial.set_user_attr(TRIAL_ATTR, record)
     if result.status is TrialStatus.OK:
         study.tell(trial, score(result.measurement, objective))
     elif result.status is TrialStatus.PRUNED:
@@ -198,9 +201,17 @@ def _tell(study, trial, result: TrialResult, objective: Objective) -> None:
 
 
 def _result_from_trial(t) -> TrialResult:
-    status = TrialStatus(t.user_attrs.get("cotune.status", "fail"))
-    m = t.user_attrs.get("cotune.measurement")
-    return TrialResult(Config.make(t.params), status, measurement=Measurement.from_json(json.loads(m)) if m else None)
+    record = _record(t)
+    m = record.get("measurement")
+    return TrialResult(
+        Config.make(t.params),
+        TrialStatus(record.get("status", "fail")),
+        measurement=Measurement.from_json(m) if m else None,
+    )
+
+
+def _record(t) -> dict:
+    return t.user_attrs.get(TRIAL_ATTR, {})
 
 
 def _best_value(study) -> float | None:
@@ -215,9 +226,7 @@ def _remeasure_top_k(study, objective: TrialObjective, spec: JobSpec) -> BestLog
     from optuna.trial import TrialState
 
     complete = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if "cotune.duplicate_of" not in t.user_attrs
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "duplicate_of" not in _record(t)
     ]
     complete.sort(key=lambda t: t.value, reverse=spec.objective is Objective.MAX_THROUGHPUT)
     seen: set[str] = set()
@@ -235,7 +244,7 @@ def _remeasure_top_k(study, objective: TrialObjective, spec: JobSpec) -> BestLog
         result = objective.measure(config, spec.bench.settings(remeasure=True))
         if result.measurement is None:
             continue
-        tuned = Measurement.from_json(json.loads(t.user_attrs["cotune.measurement"]))
+        tuned = Measurement.from_json(_record(t)["measurement"])
         candidate = BestLog(t.number, config, tuned, result.measurement)
         if best is None or _better(candidate.remeasured, best.remeasured, spec.objective):
             best = candidate

@@ -116,11 +116,12 @@ class MlflowTracker:
 
         parent = self._parent
         now = int(time.time() * 1000)
-        counts = {s.value: 0 for s in TrialStatus}
-        for t in study.trials:
-            counts[t.user_attrs.get("cotune.status", "fail")] = (
-                counts.get(t.user_attrs.get("cotune.status", "fail"), 0) + 1
-            )
+        from optuna.trial import TrialState
+
+        states = {TrialState.COMPLETE: "ok", TrialState.FAIL: "fail", TrialState.PRUNED: "pruned"}
+        counts = dict.fromkeys(states.values(), 0)
+        for t in study.get_trials(deepcopy=False, states=tuple(states)):
+            counts[states[t.state]] += 1
         metrics = [Metric(f"trials_{k}", float(v), now, 0) for k, v in counts.items()]
         params: list[Param] = []
         with tempfile.TemporaryDirectory() as tmp:
