@@ -213,6 +213,40 @@ def export(
 
 
 @app.command()
+@clean_errors
+def replay(
+    file: Path,
+    sampler: Annotated[str, typer.Option(help="tpe | random | gp | cmaes")] = "tpe",
+    budget: Annotated[int, typer.Option(min=1, help="evaluations of distinct configs")] = 200,
+    seed: int | None = None,
+    wall_time_s: Annotated[float | None, typer.Option(help="simulated compile + benchmark time")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Replay a recorded brute-force cache (Kernel Tuner format) through the search, running no kernel."""
+    from tuner.errors import SpecError
+    from tuner.replay import load_kernel_tuner_cache
+    from tuner.replay import replay as run_replay
+
+    data = load_kernel_tuner_cache(file)
+    try:
+        result = run_replay(data, sampler=sampler, budget=budget, seed=seed, wall_time_s=wall_time_s)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
+    if as_json:
+        print(json.dumps(result.to_json()))
+        return
+    final = result.best_so_far[-1] if result.best_so_far else None
+    out.print(
+        f"{data.name}: {len(result.best_so_far)} evaluations ({result.failed} failed, "
+        f"{result.pruned} outside the space, {result.duplicates} repeats), "
+        f"{result.simulated_time_s:.1f} s simulated"
+    )
+    out.print(f"optimum {data.optimum:.4g} ms, best found {final:.4g} ms" if final else "no success")
+    for pct, n in result.to_json()["evaluations_to_within"].items():
+        out.print(f"  within {pct} of the optimum after {n if n else 'never'} evaluations")
+
+
+@app.command()
 def kernels() -> None:
     """List the kernels in the registry."""
     from tuner.registry import get_kernel, kernel_names

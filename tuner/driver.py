@@ -51,16 +51,21 @@ def study_name(job: str, problem: Problem, device: DeviceProfile) -> str:
 
 
 def make_sampler(spec: JobSpec):  # -> optuna.samplers.BaseSampler
+    return make_sampler_named(spec.sampler.name, spec.sampler.seed)
+
+
+def make_sampler_named(name: str, seed: int | None):  # -> optuna.samplers.BaseSampler
     import optuna
 
-    s = spec.sampler
-    if s.name == "random":
-        return optuna.samplers.RandomSampler(seed=s.seed)
-    if s.name == "gp":
-        return optuna.samplers.GPSampler(seed=s.seed)
-    if s.name == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=s.seed)
-    return optuna.samplers.TPESampler(seed=s.seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    raise ValueError(f"unknown sampler {name!r}; known: tpe, random, gp, cmaes")
 
 
 def tune_job(

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tuner.errors import SpecError
+from tuner.replay import load_kernel_tuner_cache, replay
+
+DATA = Path(__file__).parent / "data"
+FIXTURE = DATA / "vector_add_time_energy_RTX_4000_Ada.json"
+
+
+def synthetic_cache(path: Path) -> Path:
+    """4x4 grid; (a=1, b=1) is absent (outside the constrained space); two configs failed."""
+    cache = {}
+    for a in range(4):
+        for b in range(4):
+            if (a, b) == (1, 1):
+                continue
+            t: float | str = 10.0 + a + 2 * b
+            if (a, b) == (0, 0):
+                t = "CompilationFailedConfig"
+            if (a, b) == (3, 3):
+                t = "RuntimeFailedConfig"
+            cache[f"{a},{b}"] = {"a": a, "b": b, "time": t, "compile_time": 500.0, "benchmark_time": 250.0}
+    doc = {"tune_params_keys": ["a", "b"], "tune_params": {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]}, "cache": cache}
+    with gzip.open(path, "wt") as f:
+        json.dump(doc, f)
+    return path
+
+
+def test_brute_force_budget_reproduces_the_optimum(tmp_path):
+    data = load_kernel_tuner_cache(synthetic_cache(tmp_path / "c.json.gz"))
+    assert data.optimum == 11.0  # (a=1, b=0); (0, 0) would be 10 but failed
+    result = replay(data, sampler="random", budget=1000, seed=3)
+    assert len(result.best_so_far) == 15  # every cached config once, failures included
+    assert result.best_so_far[-1] == data.optimum
+    assert result.failed == 2 and result.evaluations_to_within(0.0) is not None
+
+
+def test_recorded_failures_are_evaluations_without_a_value(tmp_path):
+    data = load_kernel_tuner_cache(synthetic_cache(tmp_path / "c.json.gz"))
+    assert data.records[(0, 0)].failure == "CompilationFailedConfig"
+    result = replay(data, sampler="random", budget=15, seed=0)
+    bests = result.best_so_far
+    assert all(b is None or b >= data.optimum for b in bests)
+    values = [b for b in bests if b is not None]
+    assert values == sorted(values, reverse=True)  # best-so-far never gets worse
+    assert bests.index(values[0]) == bests.count(None)  # None only before the first success
+    assert result.simulated_time_s == pytest.approx(15 * 0.75)
+
+
+def test_seeds_make_runs_reproducible():
+    data = load_kernel_tuner_cache(FIXTURE)
+    a = replay(data, budget=10, seed=7).to_json()
+    b = replay(data, budget=10, seed=7).to_json()
+    assert a == b and a["optimum"] == pytest.approx(2.9767550006508827)
+
+
+def test_cli_json_and_bad_file(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "tuner.cli", "replay", str(FIXTURE), "--budget", "15", "--seed", "1", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert len(out["best_so_far"]) == 15 and out["best_so_far"][-1] == out["optimum"]
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    proc = subprocess.run([sys.executable, "-m", "tuner.cli", "replay", str(bad)], capture_output=True, text=True)
+    assert proc.returncode == 1 and "not a Kernel Tuner cache file" in proc.stderr
+
+
+def test_unknown_sampler_is_rejected():
+    data = load_kernel_tuner_cache(FIXTURE)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        replay(data, sampler="magic")
+    with pytest.raises(SpecError):
+        load_kernel_tuner_cache(DATA / "crash_space.yaml")

@@ -1,0 +1,148 @@
+"""Replay a recorded brute-force data set (a Kernel Tuner cache file) through an Optuna search.
+
+No kernel runs: a proposed config is looked up in the recording. A config absent from the cache lies
+outside the constrained space (PRUNED, costs no evaluation); a recorded failure is a FAIL evaluation;
+a config seen before costs nothing. Each evaluation charges the recorded compile and benchmark time to a
+simulated clock, so wall-time budgets can be replayed too.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tuner.errors import SpecError
+
+FAILURE_MARKERS = ("CompilationFailedConfig", "RuntimeFailedConfig")
+MAX_IDLE_PROPOSALS = 1000
+
+
+@dataclass(frozen=True)
+class Record:
+    time_ms: float | None  # None: the config failed
+    failure: str | None
+    cost_s: float
+
+
+@dataclass(frozen=True)
+class ReplayData:
+    name: str
+    keys: tuple[str, ...]
+    values: dict[str, tuple]
+    records: dict[tuple, Record]
+
+    @property
+    def optimum(self) -> float:
+        return min(r.time_ms for r in self.records.values() if r.time_ms is not None)
+
+
+def load_kernel_tuner_cache(path: Path) -> ReplayData:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt") as f:
+            data = json.load(f)
+        keys = tuple(data["tune_params_keys"])
+        values = {k: tuple(data["tune_params"][k]) for k in keys}
+        cache = data["cache"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise SpecError(f"{path}: not a Kernel Tuner cache file ({type(exc).__name__}: {exc})") from None
+    records = {}
+    for entry in cache.values():
+        point = tuple(entry[k] for k in keys)
+        t = entry["time"]
+        cost = (float(entry.get("compile_time", 0)) + float(entry.get("benchmark_time", 0))) / 1e3
+        if isinstance(t, str) or not math.isfinite(float(t)):
+            records[point] = Record(None, str(t) if t in FAILURE_MARKERS else f"recorded time {t!r}", cost)
+        else:
+            records[point] = Record(float(t), None, cost)
+    if not any(r.time_ms is not None for r in records.values()):
+        raise SpecError(f"{path}: the cache holds no successful measurement")
+    return ReplayData(path.name, keys, values, records)
+
+
+@dataclass
+class ReplayResult:
+    optimum: float
+    best_so_far: list[float | None] = field(default_factory=list)
+    failed: int = 0
+    pruned: int = 0
+    duplicates: int = 0
+    simulated_time_s: float = 0.0
+
+    def evaluations_to_within(self, fraction: float) -> int | None:
+        """1-based count of evaluations until best <= optimum * (1 + fraction); None if never."""
+        for i, best in enumerate(self.best_so_far, 1):
+            if best is not None and best <= self.optimum * (1 + fraction):
+                return i
+        return None
+
+    def to_json(self) -> dict:
+        return {
+            "optimum": self.optimum,
+            "best_so_far": self.best_so_far,
+            "evaluations": len(self.best_so_far),
+            "failed": self.failed,
+            "pruned": self.pruned,
+            "duplicates": self.duplicates,
+            "simulated_time_s": self.simulated_time_s,
+            "evaluations_to_within": {f"{p}%": self.evaluations_to_within(p / 100) for p in (5, 2, 1)},
+        }
+
+
+def replay(
+    data: ReplayData,
+    *,
+    sampler: str = "tpe",
+    budget: int = 200,
+    seed: int | None = None,
+    wall_time_s: float | None = None,
+) -> ReplayResult:
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import TrialState
+
+    from tuner.driver import make_sampler_named
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="minimize", sampler=make_sampler_named(sampler, seed))
+    dists = {k: CategoricalDistribution(list(data.values[k])) for k in data.keys}
+    result = ReplayResult(data.optimum)
+    seen: dict[tuple, Record] = {}
+    best: float | None = None
+    idle = 0
+    budget = min(budget, len(data.records))
+    while len(result.best_so_far) < budget and idle < MAX_IDLE_PROPOSALS:
+        if wall_time_s is not None and result.simulated_time_s >= wall_time_s:
+            break
+        trial = study.ask(dists)
+        point = tuple(trial.params[k] for k in data.keys)
+        record = data.records.get(point)
+        if record is None:
+            trial.set_constraint("feasible", 1.0)
+            study.tell(trial, state=TrialState.PRUNED)
+            result.pruned += 1
+            idle += 1
+            continue
+        duplicate = point in seen
+        if duplicate:
+            result.duplicates += 1
+            idle += 1
+        else:
+            seen[point] = record
+            idle = 0
+            result.simulated_time_s += record.cost_s
+        if record.time_ms is None:
+            study.tell(trial, state=TrialState.FAIL)
+        else:
+            study.tell(trial, record.time_ms)
+        if duplicate:
+            continue
+        if record.time_ms is None:
+            result.failed += 1
+        else:
+            best = record.time_ms if best is None else min(best, record.time_ms)
+        result.best_so_far.append(best)
+    return result
