@@ -29,7 +29,7 @@ def one(args: tuple[str, str, int, int]) -> dict:
     ratio = {}
     for n in CHECKPOINTS:
         best = r.best_so_far[min(n, len(r.best_so_far)) - 1]
-        ratio[n] = best / r.optimum if best is not None else None
+        ratio[str(n)] = best / r.optimum if best is not None else None
     return {
         "file": data.name,
         "strategy": strategy,
@@ -44,14 +44,16 @@ def summarise(rows: list[dict]) -> list[dict]:
     for key in sorted({(r["file"], r["strategy"]) for r in rows}):
         group = [r for r in rows if (r["file"], r["strategy"]) == key]
         reach = [r["to_2pct"] if r["to_2pct"] is not None else float("inf") for r in group]
+        median = statistics.median(reach)
         entry = {
             "file": key[0],
             "strategy": key[1],
             "seeds": len(group),
-            "median_evals_to_2pct": statistics.median(reach),
+            # null: the median run did not get within 2 % inside the budget
+            "median_evals_to_2pct": None if median == float("inf") else median,
         }
         for n in CHECKPOINTS:
-            vals = [r["ratio"][n] for r in group if r["ratio"][n] is not None]
+            vals = [r["ratio"][str(n)] for r in group if r["ratio"][str(n)] is not None]
             entry[f"mean_best_over_opt@{n}"] = round(statistics.mean(vals), 4) if vals else None
         out.append(entry)
     return out
