@@ -223,15 +223,11 @@ def replay(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Replay a recorded brute-force cache (Kernel Tuner format) through the search, running no kernel."""
-    from tuner.errors import SpecError
     from tuner.replay import load_kernel_tuner_cache
     from tuner.replay import replay as run_replay
 
     data = load_kernel_tuner_cache(file)
-    try:
-        result = run_replay(data, sampler=sampler, budget=budget, seed=seed, wall_time_s=wall_time_s)
-    except ValueError as exc:
-        raise SpecError(str(exc)) from None
+    result = run_replay(data, sampler=sampler, budget=budget, seed=seed, wall_time_s=wall_time_s)
     if as_json:
         print(json.dumps(result.to_json()))
         return

@@ -14,6 +14,7 @@ from tuner.isolation import CandidateRunner
 from tuner.kernel import Kernel
 from tuner.objective import TrialObjective, TrialResult, score
 from tuner.registry import get_kernel
+from tuner.samplers import make_sampler
 from tuner.space import SearchSpace, load_space
 from tuner.spec import JobSpec
 from tuner.storage import open_storage
@@ -50,24 +51,6 @@ def study_name(job: str, problem: Problem, device: DeviceProfile) -> str:
     return f"{job}:{problem.key}:{device.slug}"
 
 
-def make_sampler(spec: JobSpec):  # -> optuna.samplers.BaseSampler
-    return make_sampler_named(spec.sampler.name, spec.sampler.seed)
-
-
-def make_sampler_named(name: str, seed: int | None):  # -> optuna.samplers.BaseSampler
-    import optuna
-
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    if name == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed)
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    raise ValueError(f"unknown sampler {name!r}; known: tpe, random, gp, cmaes")
-
-
 def tune_job(
     spec: JobSpec,
     storage_url: str,
@@ -102,8 +85,9 @@ def _tune_problem(
 
     name = study_name(spec.name, problem, device)
     direction = "minimize" if spec.objective is Objective.MIN_TIME else "maximize"
+    sampler = make_sampler(spec.sampler.name, spec.sampler.seed)
     study = optuna.create_study(
-        storage=storage, study_name=name, direction=direction, sampler=make_sampler(spec), load_if_exists=True
+        storage=storage, study_name=name, direction=direction, sampler=sampler, load_if_exists=True
     )
     tags = {
         "cotune.source_hash": kernel.source_hash,

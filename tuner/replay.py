@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuner.errors import SpecError
+from tuner.samplers import make_sampler
 
 FAILURE_MARKERS = ("CompilationFailedConfig", "RuntimeFailedConfig")
 MAX_IDLE_PROPOSALS = 1000
@@ -104,10 +105,8 @@ def replay(
     from optuna.distributions import CategoricalDistribution
     from optuna.trial import TrialState
 
-    from tuner.driver import make_sampler_named
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="minimize", sampler=make_sampler_named(sampler, seed))
+    study = optuna.create_study(direction="minimize", sampler=make_sampler(sampler, seed))
     dists = {k: CategoricalDistribution(list(data.values[k])) for k in data.keys}
     result = ReplayResult(data.optimum)
     seen: dict[tuple, Record] = {}
