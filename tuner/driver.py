@@ -19,7 +19,7 @@ from tuner.space import SearchSpace, load_space
 from tuner.spec import JobSpec
 from tuner.storage import open_storage
 from tuner.tracker import BestLog, StudyInfo, Tracker, TrialLog
-from tuner.types import Config, DeviceProfile, Measurement, Objective, Problem, TrialStatus
+from tuner.types import Config, DeviceProfile, FailureKind, Measurement, Objective, Problem, TrialStatus
 
 # Stop asking when this many proposals in a row were infeasible or already measured.
 MAX_IDLE_PROPOSALS = 200
@@ -58,112 +58,224 @@ def tune_job(
     tracker: Tracker,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> list[StudyOutcome]:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(storage_url)
     kernel = get_kernel(spec.kernel)
-    space = (
-        load_space(spec.search_space, predicates=kernel.predicates, shape_dims=kernel.shape_dims)
-        if spec.search_space
-        else kernel.space()
-    )
+    space = job_space(spec, kernel)
     tracker.start_job(spec.name)
     outcomes = []
     with CandidateRunner() as runner:
         for problem in spec.expand():
-            outcomes.append(_tune_problem(spec, kernel, space, problem, device, storage, runner, tracker, on_progress))
+            name = study_name(spec.name, problem, device)
+            session = StudySession(spec, kernel, space, problem, device, storage, runner, tracker, name)
+            session.fail_stale_running()
+            outcomes.append(_tune_problem(session, on_progress))
     tracker.close()
     return outcomes
 
 
-def _tune_problem(
-    spec, kernel: Kernel, space: SearchSpace, problem, device, storage, runner, tracker, on_progress
-) -> StudyOutcome:
-    import optuna
-    from optuna.trial import TrialState
+def job_space(spec: JobSpec, kernel: Kernel) -> SearchSpace:
+    if spec.search_space:
+        return load_space(spec.search_space, predicates=kernel.predicates, shape_dims=kernel.shape_dims)
+    return kernel.space()
 
-    name = study_name(spec.name, problem, device)
-    direction = "minimize" if spec.objective is Objective.MIN_TIME else "maximize"
-    sampler = make_sampler(spec.sampler.name, spec.sampler.seed)
-    study = optuna.create_study(
-        storage=storage, study_name=name, direction=direction, sampler=sampler, load_if_exists=True
-    )
-    tags = {
-        "cotune.source_hash": kernel.source_hash,
-        "cotune.space": space.source,
-        **{f"cotune.toolchain.{k}": v for k, v in kernel.toolchain().items()},
-    }
-    run_id = tracker.start_study(StudyInfo(spec.name, name, problem, device, tags))
-    for key, value in {
-        "job": spec.name,
-        "problem": problem.to_json(),
-        "device": device.to_json(),
-        "mlflow_run_id": run_id,
-        "source_hash": kernel.source_hash,
-        "toolchain": kernel.toolchain(),
-        "objective": spec.objective.value,
-    }.items():
-        study.set_user_attr(key, value)
 
-    objective = TrialObjective(space, problem, device, runner, spec.bench.settings())
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
-        objective.remember(t.number, _result_from_trial(t))
-    # Fail trials left RUNNING by a crashed earlier run, so nothing stays RUNNING.
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+class StudySession:
+    """One study's tuning state (study, objective, tracker), stepped by the local loop or by a worker task.
 
-    feasible = len(space.feasible_points(problem, device)) if space.size <= SPACE_ENUMERATION_LIMIT else None
-    budget = spec.budget.trials
-    if feasible is not None:
-        budget = min(budget, feasible) if budget else feasible
-    distributions = space.distributions()
-    deadline = time.monotonic() + spec.budget.wall_time_s if spec.budget.wall_time_s else None
-    idle = 0
-    while (budget is None or objective.measured < budget) and idle < MAX_IDLE_PROPOSALS:
-        if deadline is not None and time.monotonic() >= deadline:
-            break
-        trial = study.ask(distributions)
+    Both drivers go through :meth:`step`, so a trial is asked, screened, measured, recorded and told the
+    same way whether it runs in ``cotune tune`` or on a service worker.
+    """
+
+    def __init__(
+        self,
+        spec: JobSpec,
+        kernel: Kernel,
+        space: SearchSpace,
+        problem: Problem,
+        device: DeviceProfile,
+        storage,
+        runner: CandidateRunner,
+        tracker: Tracker,
+        name: str,
+    ) -> None:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.spec, self.kernel, self.space, self.problem, self.device = spec, kernel, space, problem, device
+        self.tracker = tracker
+        self.name = name
+        direction = "minimize" if spec.objective is Objective.MIN_TIME else "maximize"
+        self.study = optuna.create_study(
+            storage=storage,
+            study_name=name,
+            direction=direction,
+            sampler=make_sampler(spec.sampler.name, spec.sampler.seed),
+            load_if_exists=True,
+        )
+        tags = {
+            "cotune.source_hash": kernel.source_hash,
+            "cotune.space": space.source,
+            **{f"cotune.toolchain.{k}": v for k, v in kernel.toolchain().items()},
+        }
+        self.run_id = tracker.start_study(StudyInfo(spec.name, name, problem, device, tags))
+        attrs = {
+            "job": spec.name,
+            "problem": problem.to_json(),
+            "device": device.to_json(),
+            "mlflow_run_id": self.run_id,
+            "source_hash": kernel.source_hash,
+            "toolchain": kernel.toolchain(),
+            "objective": spec.objective.value,
+        }
+        existing = self.study.user_attrs
+        for key, value in attrs.items():
+            if existing.get(key) != value:  # each write is a transaction on a shared storage
+                self.study.set_user_attr(key, value)
+        self.objective = TrialObjective(space, problem, device, runner, spec.bench.settings())
+        self._distributions = space.distributions()
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Load what other processes measured (and are measuring) so no config is measured twice."""
+        from optuna.trial import TrialState
+
+        in_flight: dict[str, int] = {}
+        for t in self.study.get_trials(deepcopy=False):
+            if t.state in (TrialState.COMPLETE, TrialState.FAIL):
+                record = _record(t)
+                if record.get("failure_kind") != FailureKind.WORKER_LOST.value and "duplicate_of" not in record:
+                    self.objective.remember(t.number, _result_from_trial(t))
+            elif t.state is TrialState.RUNNING and t.params:
+                in_flight.setdefault(Config.make(t.params).key, t.number)
+        self.objective.in_flight = in_flight
+
+    def fail_stale_running(self) -> None:
+        """Local mode only: a RUNNING trial here was left by a run that died, never by a live one."""
+        from optuna.trial import TrialState
+
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            fail_lost_trial(self.study, t.number, "left RUNNING by an earlier run that stopped")
+
+    def feasible_budget(self) -> int | None:
+        feasible = (
+            len(self.space.feasible_points(self.problem, self.device))
+            if self.space.size <= SPACE_ENUMERATION_LIMIT
+            else None
+        )
+        budget = self.spec.budget.trials
+        if feasible is not None:
+            budget = min(budget, feasible) if budget else feasible
+        return budget
+
+    def step(self, on_measure: Callable[[int], None] | None = None) -> TrialResult:
+        """Ask one trial, screen it, measure it if needed, record and tell it."""
+        trial = self.study.ask(self._distributions)
         config = Config.make(trial.params)
-        result = objective.evaluate(config)
-        _tell(study, trial, result, spec.objective)
-        objective.remember(trial.number, result)
-        idle = idle + 1 if result.duplicate_of is not None or result.status is TrialStatus.PRUNED else 0
-        tracker.log_trial(
+        result = self.objective.screen(config)
+        if result is None:
+            if on_measure is not None:
+                on_measure(trial.number)
+            result = self.objective.measure(config, self.objective.bench)
+        _tell(self.study, trial, result, self.spec.objective)
+        self.objective.remember(trial.number, result)
+        self.tracker.log_trial(
             TrialLog(
                 trial.number,
                 config,
                 result.status,
-                score(result.measurement, spec.objective) if result.measurement else None,
+                score(result.measurement, self.spec.objective) if result.measurement else None,
                 result.measurement,
                 result.reason,
                 result.duplicate_of,
                 result.duration_s,
             )
         )
-        if on_progress:
-            best = _best_value(study)
-            on_progress(Progress(problem, objective.measured, budget, best, result))
+        return result
 
-    best = _remeasure_top_k(study, objective, spec)
-    if best is not None:
-        study.set_user_attr(
-            "best",
-            {
-                "trial": best.trial_number,
-                "config": best.config.values,
-                "tuned": best.tuned.to_json(),
-                "remeasured": best.remeasured.to_json(),
-            },
-        )
-    tracker.finish_study(best, study)
-    counts = {s: 0 for s in TrialStatus}
-    for t in study.get_trials(deepcopy=False):
-        record = _record(t)
-        if "duplicate_of" not in record and "status" in record:
-            counts[TrialStatus(record["status"])] += 1
+    def step_until_measured(self, on_measure: Callable[[int], None] | None = None) -> TrialResult | None:
+        """Step until one new config was measured; None when the space yields nothing new."""
+        for _ in range(MAX_IDLE_PROPOSALS):
+            result = self.step(on_measure)
+            if not _idle(result):
+                return result
+        return None
+
+    def finish(self) -> BestLog | None:
+        best = _remeasure_top_k(self.study, self.objective, self.spec)
+        if best is not None:
+            self.study.set_user_attr(
+                "best",
+                {
+                    "trial": best.trial_number,
+                    "config": best.config.values,
+                    "tuned": best.tuned.to_json(),
+                    "remeasured": best.remeasured.to_json(),
+                },
+            )
+        self.tracker.finish_study(best, self.study)
+        return best
+
+    def counts(self) -> dict[TrialStatus, int]:
+        counts = dict.fromkeys(TrialStatus, 0)
+        for t in self.study.get_trials(deepcopy=False):
+            record = _record(t)
+            if counted(record):
+                counts[TrialStatus(record["status"])] += 1
+        return counts
+
+
+def counted(record: dict) -> bool:
+    """Whether a trial record is one distinct evaluation: not a repeat, not a trial lost with its worker."""
+    return (
+        "status" in record
+        and "duplicate_of" not in record
+        and record.get("failure_kind") != FailureKind.WORKER_LOST.value
+    )
+
+
+def _idle(result: TrialResult) -> bool:
+    return result.duplicate_of is not None or result.status is TrialStatus.PRUNED
+
+
+def fail_lost_trial(study, number: int, reason: str) -> None:
+    """Fail a trial whose process is gone; told with skip_if_finished so a late result is harmless."""
+    from optuna.trial import TrialState
+
+    record = {"status": TrialStatus.FAIL.value, "failure_kind": FailureKind.WORKER_LOST.value, "reason": reason}
+    # Optuna has no public setter for a trial asked by another process; its storage API is the way.
+    storage = study._storage
+    try:
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+        storage.set_trial_user_attr(trial_id, TRIAL_ATTR, record)
+    except RuntimeError:  # finished meanwhile: its own result stands
+        return
+    study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+
+
+def _tune_problem(session: StudySession, on_progress) -> StudyOutcome:
+    budget = session.feasible_budget()
+    spec = session.spec
+    deadline = time.monotonic() + spec.budget.wall_time_s if spec.budget.wall_time_s else None
+    idle = 0
+    while (budget is None or session.objective.measured < budget) and idle < MAX_IDLE_PROPOSALS:
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        result = session.step()
+        idle = idle + 1 if _idle(result) else 0
+        if on_progress:
+            on_progress(
+                Progress(session.problem, session.objective.measured, budget, _best_value(session.study), result)
+            )
+    best = session.finish()
+    counts = session.counts()
     return StudyOutcome(
-        problem, name, counts[TrialStatus.OK], counts[TrialStatus.FAIL], counts[TrialStatus.PRUNED], best, run_id
+        session.problem,
+        session.name,
+        counts[TrialStatus.OK],
+        counts[TrialStatus.FAIL],
+        counts[TrialStatus.PRUNED],
+        best,
+        session.run_id,
     )
 
 
@@ -183,7 +295,8 @@ def _tell(study, trial, result: TrialResult, objective: Objective) -> None:
     if result.status is TrialStatus.OK:
         study.tell(trial, score(result.measurement, objective))
     elif result.status is TrialStatus.PRUNED:
-        trial.set_constraint("feasible", 1.0)
+        if result.failure is not None and result.failure.kind is FailureKind.INFEASIBLE:
+            trial.set_constraint("feasible", 1.0)
         study.tell(trial, state=TrialState.PRUNED)
     else:
         study.tell(trial, state=TrialState.FAIL)

@@ -59,6 +59,8 @@ class TrialObjective:
         self.runner = runner
         self.bench = bench
         self._seen: dict[str, tuple[int, TrialResult]] = {}
+        # Configs another worker is measuring right now (service mode), by config key -> trial number.
+        self.in_flight: dict[str, int] = {}
 
     def remember(self, number: int, result: TrialResult) -> None:
         """Record a measured (or failed) config so a repeat proposal reuses it."""
@@ -70,13 +72,21 @@ class TrialObjective:
         return len(self._seen)
 
     def evaluate(self, config: Config) -> TrialResult:
+        return self.screen(config) or self.measure(config, self.bench)
+
+    def screen(self, config: Config) -> TrialResult | None:
+        """The result a config gets without running it (infeasible, measured before, in flight), or None."""
         reason = self.space.violation(config, self.problem, self.device)
         if reason:
             return TrialResult(config, TrialStatus.PRUNED, failure=Failure(FailureKind.INFEASIBLE, reason))
         if config.key in self._seen:
             number, prior = self._seen[config.key]
             return replace(prior, duplicate_of=number, duration_s=0.0)
-        return self.measure(config, self.bench)
+        if config.key in self.in_flight:
+            number = self.in_flight[config.key]
+            failure = Failure(FailureKind.IN_FLIGHT, f"trial {number} is measuring this config")
+            return TrialResult(config, TrialStatus.PRUNED, failure=failure, duplicate_of=number)
+        return None
 
     def measure(self, config: Config, bench: BenchSettings) -> TrialResult:
         start = time.perf_counter()

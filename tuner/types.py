@@ -40,6 +40,8 @@ class FailureKind(enum.StrEnum):
     RUNTIME = "runtime_error"
     TIMEOUT = "timeout"
     CRASH = "crash"
+    IN_FLIGHT = "in_flight"  # another worker is measuring the same config (service mode)
+    WORKER_LOST = "worker_lost"  # the worker died mid-trial; the trial is failed and its ticket re-run
 
 
 @dataclass(frozen=True)
