@@ -147,7 +147,10 @@ def status(
     storage: StorageOpt = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """List studies (all, or one job's) with trial counts and best values."""
+    """List studies (all, or one job's) with trial counts and best values; a service job id shows its record."""
+    if job and is_service_job(job):
+        show_record(job, as_json)
+        return
     import optuna
 
     from tuner.storage import open_storage
@@ -193,7 +196,7 @@ def best(job: str, storage: StorageOpt = None) -> None:
     """Print the re-measured best config of each problem of a job, as JSON."""
     from tuner.export import build_export
 
-    data = build_export(_settings(storage, None).storage, job)
+    data = build_export(_storage_for(job, storage), job)
     print(
         json.dumps(
             [{k: e[k] for k in ("kernel", "shape", "dtype", "config", "metrics")} for e in data["entries"]], indent=2
@@ -209,7 +212,7 @@ def export(
     storage: StorageOpt = None,
 ) -> None:
     """Write the versioned JSON of a job's best configs (for tuner.serving)."""
-    _write_export(_settings(storage, None).storage, job, output)
+    _write_export(_storage_for(job, storage), job, output)
 
 
 @app.command()
@@ -270,6 +273,15 @@ def _write_export(storage_url: str, job: str, path: Path) -> None:
     out.print(f"wrote {path} ({len(data['entries'])} entries)")
 
 
+def _storage_for(job: str, storage: str | None) -> str:
+    """Service job ids live in the service's storage; local job names in the local one."""
+    if storage is None and is_service_job(job):
+        from tuner.settings import ServiceSettings
+
+        return ServiceSettings.from_env().storage
+    return _settings(storage, None).storage
+
+
 def raise_not_found(job: str, url: str) -> None:
     from tuner.errors import NotFoundError
 
@@ -286,6 +298,9 @@ def _fmt_time(seconds: float) -> str:
 
 def _fmt_value(value: float, objective: str) -> str:
     return _fmt_time(value) if objective == "min_time" else f"{value:.1f} GFLOP/s"
+
+
+from tuner.service_cli import is_service_job, show_record  # noqa: E402  (registers the service commands)
 
 
 def main() -> None:

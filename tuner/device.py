@@ -6,6 +6,7 @@ import os
 import platform
 from pathlib import Path
 
+from tuner.errors import CotuneError
 from tuner.types import DeviceProfile
 
 _CACHE_DIR = Path("/sys/devices/system/cpu/cpu0/cache")
@@ -60,3 +61,33 @@ def detect(kind: str = "cpu") -> DeviceProfile:
     if kind == "cpu":
         return cpu_profile()
     raise NotImplementedError(f"device kind {kind!r} is not supported yet")
+
+
+CPU_KIND = "cpu"
+
+
+def hardware_kind(device: DeviceProfile) -> str:
+    """The hardware a job targets and a worker serves: ``cpu``, or the GPU's name as a slug."""
+    return CPU_KIND if device.kind == "cpu" else device.slug
+
+
+def queue_name(kind: str) -> str:
+    return f"cotune.{kind}"
+
+
+def gpu_name(index: int) -> str:
+    """The name NVML gives GPU ``index`` (a physical index, as ``--gpu`` and CUDA_VISIBLE_DEVICES use)."""
+    try:
+        import pynvml
+    except ImportError:
+        raise CotuneError("a GPU worker needs nvidia-ml-py: pip install 'cotune[gpu]'") from None
+    try:
+        pynvml.nvmlInit()
+        name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(index))
+    except pynvml.NVMLError as exc:
+        raise CotuneError(f"cannot read GPU {index} through NVML: {exc}") from None
+    return name.decode() if isinstance(name, bytes) else name
+
+
+def slugify(name: str) -> str:
+    return DeviceProfile(name=name, kind="cuda").slug

@@ -97,7 +97,9 @@ class StudySession:
         runner: CandidateRunner,
         tracker: Tracker,
         name: str,
+        job: str | None = None,
     ) -> None:
+        """``job`` labels the study for ``status``/``export``: the spec's name locally, the job id in service."""
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -119,7 +121,7 @@ class StudySession:
         }
         self.run_id = tracker.start_study(StudyInfo(spec.name, name, problem, device, tags))
         attrs = {
-            "job": spec.name,
+            "job": job or spec.name,
             "problem": problem.to_json(),
             "device": device.to_json(),
             "mlflow_run_id": self.run_id,
@@ -218,19 +220,26 @@ class StudySession:
     def counts(self) -> dict[TrialStatus, int]:
         counts = dict.fromkeys(TrialStatus, 0)
         for t in self.study.get_trials(deepcopy=False):
-            record = _record(t)
-            if counted(record):
-                counts[TrialStatus(record["status"])] += 1
+            if counted(t):
+                counts[TrialStatus(_record(t)["status"])] += 1
         return counts
 
 
-def counted(record: dict) -> bool:
-    """Whether a trial record is one distinct evaluation: not a repeat, not a trial lost with its worker."""
-    return (
-        "status" in record
-        and "duplicate_of" not in record
-        and record.get("failure_kind") != FailureKind.WORKER_LOST.value
-    )
+def counted(t) -> bool:
+    """Whether a finished trial is one distinct evaluation: not a repeat, not a trial lost with its worker.
+
+    The record must agree with the state Optuna finished the trial in: when a reaper and a late worker
+    race, whoever told first decides, and the other's record does not count.
+    """
+    from optuna.trial import TrialState
+
+    record = _record(t)
+    if "status" not in record or "duplicate_of" in record:
+        return False
+    if record.get("failure_kind") == FailureKind.WORKER_LOST.value:
+        return False
+    expected = {"ok": TrialState.COMPLETE, "fail": TrialState.FAIL, "pruned": TrialState.PRUNED}
+    return t.state == expected.get(record["status"])
 
 
 def _idle(result: TrialResult) -> bool:

@@ -1,5 +1,5 @@
-"""Celery workers for the distributed service (one per GPU). Not built yet: see the service issue.
+"""The distributed service's workers: a Celery app on Redis, one worker process per GPU.
 
-Local tuning (`cotune tune`) does not need this package; it isolates candidates with
-:mod:`tuner.isolation`.
+Importing this package configures the Celery app and connects to nothing. Local tuning (``cotune tune``)
+does not use it.
 """

@@ -1,0 +1,122 @@
+"""Submitting jobs and sending their tickets to the queue of the hardware they target."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable
+
+from celery import Celery
+
+from tuner.device import CPU_KIND, queue_name
+from tuner.errors import CotuneError, SpecError, StorageError
+from tuner.jobs import JobStore, new_job_id
+from tuner.registry import get_kernel
+from tuner.settings import ServiceSettings
+from tuner.spec import JobSpec
+from tuner.tracker import StudyInfo
+from tuner.types import DeviceProfile
+from worker.app import TASK_RUN_TICKET
+
+_PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0}
+
+
+class BrokerError(CotuneError):
+    """The Celery broker (Redis) cannot be reached."""
+
+
+def service_study_name(job_id: str, problem_key: str, hardware: str) -> str:
+    return f"{job_id}:{problem_key}:{hardware}"
+
+
+def check_broker(app: Celery) -> None:
+    """Fail within seconds, with the URL, when the broker is down; never hang a submit."""
+    url = app.conf.broker_url
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, timeout=3)
+    except Exception as exc:  # kombu raises OperationalError, socket errors and timeouts alike
+        raise BrokerError(
+            f"cannot reach the broker at {url}: {str(exc).splitlines()[0] or type(exc).__name__}"
+        ) from None
+
+
+def send_tickets(app: Celery, store: JobStore, hardware: str, ticket_ids: Iterable[int], countdown: float = 0) -> None:
+    ids = list(ticket_ids)
+    queue = queue_name(hardware)
+    with app.producer_or_acquire() as producer:
+        for ticket_id in ids:
+            app.send_task(
+                TASK_RUN_TICKET,
+                args=[ticket_id],
+                queue=queue,
+                task_id=f"ticket-{ticket_id}-{uuid.uuid4().hex[:8]}",
+                countdown=countdown or None,
+                producer=producer,
+                retry=True,
+                retry_policy=_PUBLISH_RETRY,
+            )
+    store.mark_enqueued(ids)
+
+
+def submit(
+    spec: JobSpec,
+    app: Celery,
+    store: JobStore,
+    settings: ServiceSettings,
+    hardware: str = CPU_KIND,
+) -> str:
+    """Record the job, its studies and tickets, open its MLflow parent runs, and queue its trials."""
+    if spec.search_space is not None:
+        raise SpecError(
+            "search_space: service jobs use the kernel's registered space (workers load no files from requests); "
+            "drop the field or run the job with `cotune tune`"
+        )
+    if spec.budget.trials is None:
+        raise SpecError("budget.trials: service jobs need a trial budget (wall_time_s alone cannot be split)")
+    check_broker(app)
+    kernel = get_kernel(spec.kernel)
+    space = kernel.space()
+    problems = spec.expand()
+    budget = min(spec.budget.trials, space.size)
+    mlflow_uri = spec.mlflow_tracking_uri or settings.mlflow_tracking_uri
+    job_id_hint = new_job_id()
+    run_ids = _open_parent_runs(spec, kernel, space, problems, hardware, mlflow_uri, job_id_hint)
+    rows = [
+        (service_study_name(job_id_hint, p.key, hardware), p.to_json(), budget, run_ids.get(p.key)) for p in problems
+    ]
+    wall = spec.budget.wall_time_s * len(problems) if spec.budget.wall_time_s else None
+    job_id, trial_tickets = store.create_job(
+        spec.name, hardware, spec.model_dump(mode="json"), mlflow_uri, rows, wall, job_id=job_id_hint
+    )
+    send_tickets(app, store, hardware, trial_tickets)
+    return job_id
+
+
+def _open_parent_runs(spec, kernel, space, problems, hardware: str, uri: str, job_id: str) -> dict[str, str]:
+    """One MLflow parent run per study, made before any worker starts, so workers never race to make one."""
+    from tuner.mlflow_tracker import MlflowTracker
+
+    tracker = MlflowTracker(uri)
+    tracker.start_job(spec.name)
+    device = DeviceProfile(name=hardware, kind="cpu" if hardware == CPU_KIND else "cuda")
+    tags = {"cotune.source_hash": kernel.source_hash, "cotune.space": space.source, "cotune.service_job": job_id}
+    out = {}
+    for p in problems:
+        name = service_study_name(job_id, p.key, hardware)
+        out[p.key] = tracker.start_study(StudyInfo(spec.name, name, p, device, tags))
+    tracker.close()
+    return out
+
+
+def open_store(settings: ServiceSettings) -> JobStore:
+    try:
+        return JobStore(settings.storage)
+    except StorageError:
+        raise
+    except Exception as exc:
+        raise StorageError(f"cannot open the job store {settings.storage}: {exc}") from None
+
+
+def spec_from_record(spec_json: str) -> JobSpec:
+    return JobSpec.model_validate(json.loads(spec_json))

@@ -1,0 +1,174 @@
+"""Running one ticket inside a worker's pool process: claim it, hold its lease, step the study, settle it.
+
+The study code is the local driver's :class:`tuner.driver.StudySession`; only the loop around it differs.
+Per process, the Optuna storage, the candidate runner and each study's session are opened once and reused,
+so a trial costs a claim, an ask, a tell and a finish, not a re-open of everything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from tuner.device import detect
+from tuner.driver import StudySession
+from tuner.isolation import CandidateRunner
+from tuner.jobs import Claim, JobStore, TicketKind
+from tuner.registry import get_kernel
+from tuner.settings import ServiceSettings
+from tuner.storage import open_storage
+from tuner.tracker import NullTracker, Tracker
+from tuner.types import DeviceProfile, Problem
+from worker.dispatch import send_tickets, spec_from_record
+
+log = logging.getLogger("cotune.worker")
+
+
+@dataclass
+class WorkerContext:
+    settings: ServiceSettings
+    store: JobStore
+    device: DeviceProfile
+    optuna_storage: Any
+    runner: CandidateRunner
+    sessions: dict[tuple[str, str], StudySession] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, settings: ServiceSettings) -> WorkerContext:
+        return cls(
+            settings, JobStore(settings.storage), detect("cpu"), open_storage(settings.storage), CandidateRunner()
+        )
+
+    def session(self, job_id: str, study: str) -> StudySession:
+        key = (job_id, study)
+        if key not in self.sessions:
+            self._drop_ended_jobs()
+            job = self.store.job(job_id)
+            spec = spec_from_record(job["spec"])
+            row = next(s for s in self.store.studies(job_id) if s["name"] == study)
+            kernel = get_kernel(spec.kernel)
+            tracker = _tracker(job["mlflow_uri"])
+            tracker.start_job(spec.name)
+            problem = Problem.from_json(json.loads(row["problem"]))
+            self.sessions[key] = StudySession(
+                spec,
+                kernel,
+                kernel.space(),
+                problem,
+                self.device,
+                self.optuna_storage,
+                self.runner,
+                tracker,
+                study,
+                job_id,
+            )
+        return self.sessions[key]
+
+    def drop(self, job_id: str, study: str) -> None:
+        session = self.sessions.pop((job_id, study), None)
+        if session is not None:
+            session.tracker.close()
+
+    def _drop_ended_jobs(self) -> None:
+        active = {j["id"] for j in self.store.active_jobs()}
+        for job_id, study in [k for k in self.sessions if k[0] not in active]:
+            self.drop(job_id, study)
+
+    def close(self) -> None:
+        for job_id, study in list(self.sessions):
+            self.drop(job_id, study)
+        self.runner.close()
+
+
+def _tracker(uri: str | None) -> Tracker:
+    if not uri:
+        return NullTracker()
+    from tuner.mlflow_tracker import MlflowTracker
+
+    return MlflowTracker(uri)
+
+
+class Heartbeat:
+    """Renews a claim's lease every lease/3 seconds while the ticket runs."""
+
+    def __init__(self, store: JobStore, claim: Claim, lease_s: float) -> None:
+        self._store, self._claim, self._lease_s = store, claim, lease_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="cotune-heartbeat", daemon=True)
+        self.lost = False
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._lease_s / 3):
+            try:
+                if not self._store.renew(self._claim, self._lease_s):
+                    self.lost = True  # taken back; our tell is then skipped and the reaper settles the ticket
+                    return
+            except Exception as exc:  # a database blip: try again at the next beat, before the lease runs out
+                log.warning("lease renewal for ticket %s failed: %s", self._claim.ticket_id, exc)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_ticket(ctx: WorkerContext, app, ticket_id: int, worker: str) -> str:
+    """Run one ticket; returns what happened, for the worker's log. Never leaves the ticket claimed on error."""
+    store = ctx.store
+    claim = store.claim(ticket_id, worker, ctx.settings.lease_s)
+    if claim is None:
+        return "not claimable"
+    try:
+        with Heartbeat(store, claim, ctx.settings.lease_s):
+            if claim.kind is TicketKind.TRIAL:
+                outcome = _run_trial(ctx, claim)
+            else:
+                outcome = _finalize(ctx, claim)
+    except Exception as exc:
+        log.exception("ticket %s raised", ticket_id)
+        if store.release_after_error(claim, f"{type(exc).__name__}: {exc}"):
+            job = store.job(claim.job_id)
+            send_tickets(app, store, job["hardware"], [ticket_id], countdown=2)
+        return f"error: {exc}"
+    if claim.kind is TicketKind.TRIAL:
+        released = store.release_finalize(claim.job_id, claim.study)
+        if released is not None:
+            send_tickets(app, store, store.job(claim.job_id)["hardware"], [released])
+    else:
+        store.complete_job_if_done(claim.job_id)
+    return outcome
+
+
+def _run_trial(ctx: WorkerContext, claim: Claim) -> str:
+    store = ctx.store
+    if store.past_deadline(claim.job_id):
+        store.finish(claim, "deadline")
+        return "deadline"
+    session = ctx.session(claim.job_id, claim.study)
+    session.refresh()
+    measured: list[int] = []
+
+    def on_measure(number: int) -> None:
+        measured.append(number)
+        store.set_trial(claim, number)
+
+    result = session.step_until_measured(on_measure)
+    outcome = "exhausted" if result is None else result.status.value
+    store.finish(claim, outcome, measured[-1] if measured else None)
+    return outcome
+
+
+def _finalize(ctx: WorkerContext, claim: Claim) -> str:
+    session = ctx.session(claim.job_id, claim.study)
+    session.refresh()
+    best = session.finish()
+    outcome = "ok" if best is not None else "no_result"
+    ctx.store.finish(claim, outcome)
+    ctx.drop(claim.job_id, claim.study)
+    return outcome

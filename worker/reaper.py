@@ -1,0 +1,114 @@
+"""The reaper: a thread in each worker's main process that repairs what dead workers and a lost broker leave.
+
+Every ``reap_interval_s``, for each active job on a queue this worker serves:
+
+1. tickets whose lease ran out are taken back; the trial each was measuring is failed (``worker_lost``)
+   unless it had already finished on its own, in which case the ticket counts as done;
+2. RUNNING trials that no live ticket holds and that started more than two leases ago are failed
+   (a worker killed between asking a trial and recording it);
+3. if the job's queue is empty but it still has pending tickets that were not sent recently, their
+   messages are gone (Redis restarted empty, or a killed worker held them) and they are sent again.
+   A ticket delivered twice is harmless: only one delivery can claim it.
+
+Optuna's own heartbeats act only inside ``study.optimize()``, which a service does not use.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Iterable
+
+from celery import Celery
+
+from tuner.device import queue_name
+from tuner.driver import TRIAL_ATTR, counted, fail_lost_trial
+from tuner.jobs import JobStore, TicketKind
+from tuner.settings import ServiceSettings
+from tuner.storage import open_storage
+from worker.dispatch import send_tickets
+
+log = logging.getLogger("cotune.reaper")
+
+
+def queue_depth(app: Celery, queue: str) -> int:
+    from kombu.exceptions import ChannelError
+
+    with app.connection_for_read() as conn:
+        try:
+            return conn.default_channel.queue_declare(queue=queue, passive=True).message_count
+        except ChannelError:  # Redis has no key for an empty queue
+            return 0
+
+
+class Reaper:
+    def __init__(self, app: Celery, settings: ServiceSettings, queues: Iterable[str]) -> None:
+        self.app, self.settings = app, settings
+        self.queues = set(queues)
+        self.store = JobStore(settings.storage)
+        self.storage = open_storage(settings.storage)
+
+    def reap_once(self) -> None:
+        for job in self.store.active_jobs():
+            if queue_name(job["hardware"]) in self.queues:
+                self._reap_job(job)
+
+    def _reap_job(self, job: dict) -> None:
+        import optuna
+
+        job_id = job["id"]
+        studies = {
+            s["name"]: optuna.load_study(study_name=s["name"], storage=self.storage) for s in self.store.studies(job_id)
+        }
+        for expired in self.store.take_expired(job_id):
+            outcome = None
+            study = studies[expired.study]
+            if expired.trial_number is not None:
+                fail_lost_trial(study, expired.trial_number, "the worker measuring it stopped renewing its lease")
+                t = study.get_trials(deepcopy=False)[expired.trial_number]
+                if counted(t):
+                    outcome = t.user_attrs[TRIAL_ATTR]["status"]
+            self.store.settle(expired, outcome)
+            log.warning(
+                "ticket %s of %s taken back from a lost worker (%s)",
+                expired.ticket_id,
+                job_id,
+                "its trial had finished" if outcome else "re-queued",
+            )
+            if outcome and expired.kind is TicketKind.TRIAL:
+                self._release_finalize(job, expired.study)
+
+        live = self.store.live_trials(job_id)
+        cutoff = dt.datetime.now() - dt.timedelta(seconds=2 * self.settings.lease_s)  # Optuna's naive local time
+        for name, study in studies.items():
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+                if (name, t.number) not in live and t.datetime_start is not None and t.datetime_start < cutoff:
+                    fail_lost_trial(study, t.number, "RUNNING with no live worker holding it")
+
+        grace = max(10.0, 3 * self.settings.reap_interval_s)
+        stale = self.store.stale_pending(job_id, grace)
+        if stale and queue_depth(self.app, queue_name(job["hardware"])) == 0:
+            log.warning("re-sending %d ticket(s) of %s whose messages are gone", len(stale), job_id)
+            send_tickets(self.app, self.store, job["hardware"], [i for i, _ in stale])
+        self.store.complete_job_if_done(job_id)
+
+    def _release_finalize(self, job: dict, study: str) -> None:
+        released = self.store.release_finalize(job["id"], study)
+        if released is not None:
+            send_tickets(self.app, self.store, job["hardware"], [released])
+
+    def run_forever(self, stop: threading.Event) -> None:
+        while not stop.wait(self.settings.reap_interval_s):
+            try:
+                self.reap_once()
+            except Exception:  # the broker or database is down: try again next round
+                log.warning("reaper round failed", exc_info=True)
+
+
+def start_reaper(app: Celery, settings: ServiceSettings, hostname: str) -> threading.Event:
+    queues = {q.name for q in app.amqp.queues.consume_from.values()} if app.amqp.queues.consume_from else set()
+    stop = threading.Event()
+    reaper = Reaper(app, settings, queues or {queue_name("cpu")})
+    threading.Thread(target=reaper.run_forever, args=(stop,), name=f"cotune-reaper-{hostname}", daemon=True).start()
+    return stop

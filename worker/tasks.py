@@ -1,0 +1,46 @@
+"""Celery tasks: thin, idempotent, JSON in and out. The work is in :mod:`worker.execution`."""
+
+from __future__ import annotations
+
+import logging
+
+from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
+
+from tuner.settings import ServiceSettings
+from worker.app import TASK_RUN_TICKET, app
+from worker.execution import WorkerContext, run_ticket
+
+log = logging.getLogger("cotune.worker")
+_ctx: WorkerContext | None = None
+
+
+def _context() -> WorkerContext:
+    global _ctx
+    if _ctx is None:
+        _ctx = WorkerContext.open(ServiceSettings.from_env())
+    return _ctx
+
+
+@worker_process_init.connect
+def _open(**_: object) -> None:
+    _context()  # open storage and start the candidate process before the first ticket arrives
+
+
+@worker_process_shutdown.connect
+def _close(**_: object) -> None:
+    if _ctx is not None:
+        _ctx.close()
+
+
+@worker_ready.connect
+def _start_reaper(sender=None, **_: object) -> None:
+    from worker.reaper import start_reaper
+
+    start_reaper(app, ServiceSettings.from_env(), sender.hostname if sender is not None else "worker")
+
+
+@app.task(name=TASK_RUN_TICKET, bind=True, ignore_result=True)
+def run_ticket_task(self, ticket_id: int) -> str:
+    outcome = run_ticket(_context(), app, int(ticket_id), self.request.hostname or "worker")
+    log.info("ticket %s: %s", ticket_id, outcome)
+    return outcome
