@@ -2,38 +2,21 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from tuner.errors import CotuneError
+from tuner import service_cli
+from tuner.console import clean_errors, out
+from tuner.service_cli import is_service_job, show_record
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="cotune: kernel autotuner (Optuna + MLflow)")
-out = Console()
-err = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
-
 StorageOpt = Annotated[str | None, typer.Option(help="Optuna storage URL (else $COTUNE_STORAGE, spec, default)")]
 MlflowOpt = Annotated[str | None, typer.Option(help="MLflow tracking URI (else $MLFLOW_TRACKING_URI, spec, default)")]
-
-
-def clean_errors(fn: F) -> F:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except CotuneError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _settings(storage: str | None, mlflow_uri: str | None, spec: Any = None):
@@ -300,7 +283,16 @@ def _fmt_value(value: float, objective: str) -> str:
     return _fmt_time(value) if objective == "min_time" else f"{value:.1f} GFLOP/s"
 
 
-from tuner.service_cli import is_service_job, show_record  # noqa: E402  (registers the service commands)
+for _command in (
+    service_cli.submit,
+    service_cli.jobs,
+    service_cli.watch,
+    service_cli.wait,
+    service_cli.cancel,
+    service_cli.worker,
+    service_cli.api,
+):
+    app.command()(_command)
 
 
 def main() -> None:

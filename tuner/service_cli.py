@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from tuner.cli import app, clean_errors, out
+from tuner.console import clean_errors, out
 from tuner.device import CPU_KIND
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -32,7 +32,6 @@ def _service():
     return settings, open_store(settings)
 
 
-@app.command()
 @clean_errors
 def submit(
     spec: Path,
@@ -48,7 +47,6 @@ def submit(
     print(submit_job(job_spec, celery_app, store, settings, hardware))
 
 
-@app.command()
 @clean_errors
 def jobs(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List the service's most recent jobs."""
@@ -86,7 +84,6 @@ def show_record(job: str, as_json: bool) -> None:
         out.print(f"[red]error:[/red] {record['error']}")
 
 
-@app.command()
 @clean_errors
 def watch(job: str, interval: float = 1.0) -> None:
     """Follow a job's progress across workers until it ends."""
@@ -112,7 +109,6 @@ def watch(job: str, interval: float = 1.0) -> None:
     _exit_for(record)
 
 
-@app.command()
 @clean_errors
 def wait(
     job: str,
@@ -138,7 +134,6 @@ def _exit_for(record: dict[str, Any]) -> None:
         raise typer.Exit(1)
 
 
-@app.command()
 @clean_errors
 def cancel(job: str) -> None:
     """Cancel a job: pending trials are dropped, trials being measured finish, the job is marked cancelled."""
@@ -149,7 +144,6 @@ def cancel(job: str) -> None:
         out.print(f"{job} had already ended ({store.job(job)['state']})")
 
 
-@app.command()
 @clean_errors
 def worker(
     gpu: Annotated[int | None, typer.Option(help="physical GPU index this worker owns")] = None,
@@ -189,7 +183,6 @@ def worker(
     )
 
 
-@app.command()
 @clean_errors
 def api(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve the REST API (FastAPI); writes need the bearer token in $COTUNE_API_TOKEN."""
