@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from tuner.isolation import CandidateRunner
 from tuner.kernel import Kernel
-from tuner.objective import TrialObjective, TrialResult, score
+from tuner.objective import TrialObjective, TrialResult, direction, score
 from tuner.registry import get_kernel
 from tuner.samplers import make_sampler
 from tuner.space import SearchSpace, load_space
@@ -106,11 +106,10 @@ class StudySession:
         self.spec, self.kernel, self.space, self.problem, self.device = spec, kernel, space, problem, device
         self.tracker = tracker
         self.name = name
-        direction = "minimize" if spec.objective is Objective.MIN_TIME else "maximize"
         self.study = optuna.create_study(
             storage=storage,
             study_name=name,
-            direction=direction,
+            direction=direction(spec.objective),
             sampler=make_sampler(spec.sampler.name, spec.sampler.seed),
             load_if_exists=True,
         )

@@ -39,6 +39,10 @@ class TrialResult:
         return str(self.failure) if self.failure else None
 
 
+def direction(objective: Objective) -> str:
+    return "minimize" if objective is Objective.MIN_TIME else "maximize"
+
+
 def score(measurement: Measurement, objective: Objective) -> float:
     """The value told to Optuna: seconds (minimise) or GFLOP/s (maximise)."""
     return measurement.median_s if objective is Objective.MIN_TIME else measurement.gflops

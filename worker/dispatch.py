@@ -85,12 +85,25 @@ def submit(
     rows = [
         (service_study_name(job_id_hint, p.key, hardware), p.to_json(), budget, run_ids.get(p.key)) for p in problems
     ]
+    _create_studies(settings.storage, [r[0] for r in rows], spec)
     wall = spec.budget.wall_time_s * len(problems) if spec.budget.wall_time_s else None
     job_id, trial_tickets = store.create_job(
         spec.name, hardware, spec.model_dump(mode="json"), mlflow_uri, rows, wall, job_id=job_id_hint
     )
     send_tickets(app, store, hardware, trial_tickets)
     return job_id
+
+
+def _create_studies(storage_url: str, names: list[str], spec: JobSpec) -> None:
+    """Create the Optuna studies up front, so the reaper and ``status`` find them before any trial runs."""
+    import optuna
+
+    from tuner.objective import direction
+    from tuner.storage import open_storage
+
+    storage = open_storage(storage_url)
+    for name in names:
+        optuna.create_study(storage=storage, study_name=name, direction=direction(spec.objective), load_if_exists=True)
 
 
 def _open_parent_runs(spec, kernel, space, problems, hardware: str, uri: str, job_id: str) -> dict[str, str]:

@@ -1,0 +1,76 @@
+"""The REST API against the real service: auth, spec errors naming the field, and a full round trip."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.service.conftest import noop_spec
+from tuner.api import create_app
+from tuner.settings import ServiceSettings
+
+
+@pytest.fixture
+def client(service):
+    settings = ServiceSettings.from_env(service.env)
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+AUTH = {"Authorization": "Bearer test-token"}
+YAML = {"Content-Type": "application/yaml"}
+
+
+def test_writes_need_the_token(client):
+    spec = noop_spec("api-auth", trials=1, sleep_ms=1)
+    assert client.post("/jobs", content=spec, headers=YAML).status_code == 401
+    wrong = {"Authorization": "Bearer nope", **YAML}
+    assert client.post("/jobs", content=spec, headers=wrong).status_code == 401
+    assert client.delete("/jobs/job-000000000000").status_code == 401
+    assert client.get("/openapi.json").json()["info"]["title"] == "cotune"
+
+
+def test_bad_spec_is_422_naming_the_field(client):
+    bad = noop_spec("api-bad", trials=1, sleep_ms=1).replace("trials: 1", "trials: -3")
+    r = client.post("/jobs", content=bad, headers={**AUTH, **YAML})
+    assert r.status_code == 422
+    assert ["body", "budget", "trials"] in [e["loc"] for e in r.json()["detail"]]
+    r = client.post("/jobs", json={"name": "x", "kernel": "rm -rf /", "problems": [{"n": 1}],
+                                   "budget": {"trials": 1}}, headers=AUTH)
+    assert r.status_code == 422
+    assert any(e["loc"] == ["body", "kernel"] and "unknown kernel" in e["msg"] for e in r.json()["detail"])
+    r = client.post("/jobs", content="name: [unclosed", headers={**AUTH, **YAML})
+    assert r.status_code == 422
+
+
+def test_round_trip_submit_best_export(service, client):
+    service.start_worker("api-worker")
+    r = client.post("/jobs", content=noop_spec("api-trip", trials=4, sleep_ms=20), headers={**AUTH, **YAML})
+    assert r.status_code == 201, r.text
+    job = r.json()["id"]
+    assert client.get(f"/jobs/{job}/best").status_code == 409  # nothing finished yet
+    deadline = time.monotonic() + 120
+    while (record := client.get(f"/jobs/{job}").json())["state"] not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline, record
+        time.sleep(0.5)
+    assert record["state"] == "succeeded" and record["trials"]["finished"] == 4
+    assert job in [j["id"] for j in client.get("/jobs").json()]
+    best = client.get(f"/jobs/{job}/best").json()
+    assert best[0]["kernel"] == "noop" and set(best[0]["config"]) == {"x", "y"}
+    export = client.get(f"/jobs/{job}/export", params={"format": "cotune"}).json()
+    assert export["schema_version"] == 1 and export["entries"][0]["config"] == best[0]["config"]
+    assert client.get(f"/jobs/{job}/export", params={"format": "nonsense"}).status_code == 422
+    assert client.get("/jobs/job-ffffffffffff").status_code == 404
+
+
+def test_cancel_drops_pending_trials(service, client):
+    r = client.post("/jobs", content=noop_spec("api-cancel", trials=5, sleep_ms=1), headers={**AUTH, **YAML})
+    job = r.json()["id"]
+    r = client.delete(f"/jobs/{job}", headers=AUTH)  # no worker is running: every trial is still pending
+    assert r.status_code == 200 and r.json()["state"] == "cancelled"
+    assert r.json()["trials"]["pending"] == 0 and r.json()["trials"]["skipped"] == 5
+    service.start_worker("late")  # a worker that now receives the queued messages runs none of them
+    time.sleep(3)
+    assert client.get(f"/jobs/{job}").json()["trials"]["finished"] == 0

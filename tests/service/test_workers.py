@@ -1,0 +1,138 @@
+"""The service with real Celery worker processes on a real Redis and PostgreSQL: sharing work, surviving a
+worker killed with SIGKILL mid-trial and a Redis restart, and failing fast when the broker is down."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import optuna
+import sqlalchemy as sa
+from optuna.trial import TrialState
+
+from tests.service.conftest import noop_spec, wait_for
+from tuner.driver import TRIAL_ATTR, counted
+from tuner.jobs import JobStore, tickets
+
+WAIT = 180  # seconds a job may take here; the jobs below need a few
+
+
+def submit(service, tmp_path, text: str) -> str:
+    (tmp_path / "spec.yaml").write_text(text)
+    done = service.cli("submit", str(tmp_path / "spec.yaml"))
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1]
+
+
+def wait_job(service, job: str) -> dict:
+    done = service.cli("wait", job, "--timeout", str(WAIT), "--interval", "0.5", timeout=WAIT + 30)
+    record = json.loads(service.cli("status", job, "--json").stdout)
+    assert done.returncode == 0, (done.stdout, done.stderr, record)
+    return record
+
+
+def job_tickets(service, job: str) -> list[dict]:
+    store = JobStore(service.env["COTUNE_STORAGE"])
+    with store.engine.connect() as c:
+        return [dict(r) for r in c.execute(sa.select(tickets).where(tickets.c.job_id == job)).mappings()]
+
+
+def study_trials(service, record: dict) -> list:
+    (study,) = record["studies"]
+    loaded = optuna.load_study(study_name=study["name"], storage=service.env["COTUNE_STORAGE"])
+    return loaded.get_trials(deepcopy=False)
+
+
+def assert_exactly_once(service, record: dict, job: str, requested: int) -> list:
+    trials = study_trials(service, record)
+    assert not [t.number for t in trials if t.state is TrialState.RUNNING], "a trial was left RUNNING"
+    measured = [t for t in trials if counted(t) and t.user_attrs[TRIAL_ATTR]["status"] in ("ok", "fail")]
+    assert len(measured) == requested
+    configs = [tuple(sorted(t.params.items())) for t in measured]
+    assert len(set(configs)) == requested, "a config was measured twice"
+    trial_tickets = [t for t in job_tickets(service, job) if t["kind"] == "trial"]
+    assert all(t["state"] == "done" for t in trial_tickets)
+    numbers = [t["trial_number"] for t in trial_tickets]
+    assert sorted(numbers) == sorted(t.number for t in measured), "tickets and counted trials disagree"
+    return trials
+
+
+def test_two_workers_share_a_job(service, tmp_path):
+    service.start_worker("a")
+    service.start_worker("b")
+    job = submit(service, tmp_path, noop_spec("share", trials=10, sleep_ms=150))
+    record = wait_job(service, job)
+    assert record["state"] == "succeeded"
+    assert record["trials"] == {"requested": 10, "finished": 10, "failed": 0, "running": 0, "pending": 0, "skipped": 0}
+    assert_exactly_once(service, record, job, 10)
+    workers = {t["worker"].split("@")[0] for t in job_tickets(service, job) if t["kind"] == "trial"}
+    assert workers == {"a", "b"}
+
+    # All trials sit under the study's one MLflow parent run, whichever worker ran them.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(service.env["MLFLOW_TRACKING_URI"])
+    parent = record["studies"][0]["mlflow_run_id"]
+    exp = client.get_run(parent).info.experiment_id
+    children = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=1000)
+    assert len(children) >= 10
+    assert client.get_run(parent).info.status == "FINISHED"
+    best = json.loads(service.cli("best", job).stdout)
+    assert best[0]["kernel"] == "noop" and best[0]["metrics"]["time_s"] > 0.1
+
+
+def test_kill_9_of_a_worker_mid_trial_loses_and_doubles_nothing(service, tmp_path):
+    victim = service.start_worker("victim")
+    job = submit(service, tmp_path, noop_spec("kill9", trials=6, sleep_ms=1500))
+    store = JobStore(service.env["COTUNE_STORAGE"])
+
+    def victim_measuring():
+        return [t for t in job_tickets(service, job) if t["state"] == "claimed" and t["trial_number"] is not None]
+
+    wait_for(victim_measuring, 60, "the victim to start measuring a trial")
+    service.start_worker("survivor")
+    service.kill_worker(victim)
+    record = wait_job(service, job)
+    assert record["state"] == "succeeded", record
+    assert record["trials"]["finished"] == 6
+    trials = assert_exactly_once(service, record, job, 6)
+    lost = [t for t in trials if t.user_attrs.get(TRIAL_ATTR, {}).get("failure_kind") == "worker_lost"]
+    assert len(lost) >= 1 and all(t.state is TrialState.FAIL for t in lost)
+    assert store.job(job)["state"] == "succeeded"
+
+
+def test_redis_restart_mid_job(service, tmp_path):
+    service.start_worker("steady")
+    job = submit(service, tmp_path, noop_spec("redis-restart", trials=8, sleep_ms=300))
+    wait_for(lambda: sum(t["state"] == "done" for t in job_tickets(service, job)) >= 2, 60, "two trials to finish")
+    service.redis.kill()  # every queued message is gone: this Redis keeps nothing on disk
+    time.sleep(2)
+    service.redis.start()
+    record = wait_job(service, job)
+    assert record["state"] == "succeeded"
+    assert_exactly_once(service, record, job, 8)
+
+
+def test_submit_fails_fast_when_the_broker_is_down(service, tmp_path):
+    from tests.service.conftest import free_port
+
+    env = {**service.env, "COTUNE_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    (tmp_path / "spec.yaml").write_text(noop_spec("nobroker", trials=2, sleep_ms=1))
+    import subprocess
+    import sys
+
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "tuner.cli", "submit", str(tmp_path / "spec.yaml")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    elapsed = time.monotonic() - start
+    assert done.returncode == 1
+    assert "cannot reach the broker at redis://127.0.0.1" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert elapsed < 15
+    store = JobStore(service.env["COTUNE_STORAGE"])
+    assert not [j for j in store.jobs() if j["name"] == "nobroker"], "a job was recorded without a broker"
