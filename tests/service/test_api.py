@@ -37,8 +37,9 @@ def test_bad_spec_is_422_naming_the_field(client):
     r = client.post("/jobs", content=bad, headers={**AUTH, **YAML})
     assert r.status_code == 422
     assert ["body", "budget", "trials"] in [e["loc"] for e in r.json()["detail"]]
-    r = client.post("/jobs", json={"name": "x", "kernel": "rm -rf /", "problems": [{"n": 1}],
-                                   "budget": {"trials": 1}}, headers=AUTH)
+    r = client.post(
+        "/jobs", json={"name": "x", "kernel": "rm -rf /", "problems": [{"n": 1}], "budget": {"trials": 1}}, headers=AUTH
+    )
     assert r.status_code == 422
     assert any(e["loc"] == ["body", "kernel"] and "unknown kernel" in e["msg"] for e in r.json()["detail"])
     r = client.post("/jobs", content="name: [unclosed", headers={**AUTH, **YAML})

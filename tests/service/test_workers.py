@@ -10,7 +10,8 @@ import optuna
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
-from tests.service.conftest import noop_spec, wait_for
+from tests.service.conftest import noop_spec
+from tests.service.stack import wait_for
 from tuner.driver import TRIAL_ATTR, counted
 from tuner.jobs import JobStore, tickets
 
@@ -114,7 +115,7 @@ def test_redis_restart_mid_job(service, tmp_path):
 
 
 def test_submit_fails_fast_when_the_broker_is_down(service, tmp_path):
-    from tests.service.conftest import free_port
+    from tests.service.stack import free_port
 
     env = {**service.env, "COTUNE_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
     (tmp_path / "spec.yaml").write_text(noop_spec("nobroker", trials=2, sleep_ms=1))
@@ -136,3 +137,15 @@ def test_submit_fails_fast_when_the_broker_is_down(service, tmp_path):
     assert elapsed < 15
     store = JobStore(service.env["COTUNE_STORAGE"])
     assert not [j for j in store.jobs() if j["name"] == "nobroker"], "a job was recorded without a broker"
+
+
+def test_a_job_never_runs_on_other_hardware(service, tmp_path):
+    service.start_worker("cpu-only")
+    (tmp_path / "spec.yaml").write_text(noop_spec("gpu-bound", trials=2, sleep_ms=1))
+    done = service.cli("submit", str(tmp_path / "spec.yaml"), "--hardware", "nvidia-h100-80gb-hbm3")
+    job = done.stdout.strip()
+    time.sleep(4)  # several reaper rounds of the CPU worker
+    record = json.loads(service.cli("status", job, "--json").stdout)
+    assert record["hardware"] == "nvidia-h100-80gb-hbm3"
+    assert record["state"] == "queued" and record["trials"]["pending"] == 2
+    assert service.cli("cancel", job).returncode == 0
