@@ -8,7 +8,6 @@ No ``from __future__ import annotations`` here: FastAPI reads the annotations of
 functions at runtime, and they refer to local dependencies.
 """
 
-
 import secrets
 from enum import StrEnum
 from typing import Annotated, Any
