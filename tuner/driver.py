@@ -98,8 +98,10 @@ class StudySession:
         tracker: Tracker,
         name: str,
         job: str | None = None,
+        parallel: bool = False,
     ) -> None:
-        """``job`` labels the study for ``status``/``export``: the spec's name locally, the job id in service."""
+        """``job`` labels the study for ``status``/``export``: the spec's name locally, the job id in service.
+        ``parallel`` is set when other processes ask the same study at the same time."""
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -110,7 +112,7 @@ class StudySession:
             storage=storage,
             study_name=name,
             direction=direction(spec.objective),
-            sampler=make_sampler(spec.sampler.name, spec.sampler.seed),
+            sampler=make_sampler(spec.sampler.name, spec.sampler.seed, parallel=parallel),
             load_if_exists=True,
         )
         tags = {

@@ -98,6 +98,7 @@ tickets = sa.Table(
     sa.Column("enqueued_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("trial_number", sa.Integer, nullable=True),
     sa.Column("outcome", sa.String(32), nullable=True),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("error", sa.Text, nullable=True),
     sa.Index("ix_cotune_tickets_job_state", "job_id", "state"),
 )
@@ -112,6 +113,7 @@ class Claim:
     study: str
     kind: TicketKind
     attempt: int
+    past_deadline: bool = False
 
 
 @dataclass(frozen=True)
@@ -252,14 +254,6 @@ class JobStore:
                 .values(state=TicketState.CANCELLED.value)
             )
 
-    def past_deadline(self, job_id: str) -> bool:
-        with self.engine.connect() as c:
-            return bool(
-                c.execute(
-                    sa.select(sa.func.coalesce(jobs.c.deadline < sa.func.now(), False)).where(jobs.c.id == job_id)
-                ).scalar()
-            )
-
     # -- tickets ------------------------------------------------------------------------------------------
 
     def claim(self, ticket_id: int, worker: str, lease_s: float) -> Claim | None:
@@ -284,12 +278,16 @@ class JobStore:
             ).first()
             if row is None:
                 return None
-            c.execute(
-                jobs.update()
-                .where(jobs.c.id == row.job_id, jobs.c.state == JobState.QUEUED.value)
-                .values(state=JobState.RUNNING.value, updated_at=sa.func.now())
-            )
-        return Claim(ticket_id, row.job_id, row.study, TicketKind(row.kind), row.attempt)
+            # One statement marks the job running (the first time) and reads its deadline.
+            late = c.execute(
+                sa.text(
+                    "UPDATE cotune_jobs SET state = CASE WHEN state = :queued THEN :running ELSE state END, "
+                    "updated_at = CASE WHEN state = :queued THEN now() ELSE updated_at END "
+                    "WHERE id = :id RETURNING coalesce(deadline < now(), false)"
+                ),
+                {"queued": JobState.QUEUED.value, "running": JobState.RUNNING.value, "id": row.job_id},
+            ).scalar()
+        return Claim(ticket_id, row.job_id, row.study, TicketKind(row.kind), row.attempt, bool(late))
 
     def _held(self, claim: Claim):
         return (
@@ -309,13 +307,22 @@ class JobStore:
         with self.engine.begin() as c:
             c.execute(tickets.update().where(*self._held(claim)).values(trial_number=trial_number))
 
-    def finish(self, claim: Claim, outcome: str, trial_number: int | None = None) -> bool:
-        """Mark a held ticket done; False if the lease was lost meanwhile (a reaper settles it instead)."""
-        values: dict[str, Any] = {"state": TicketState.DONE.value, "outcome": outcome, "lease_until": None}
+    def finish(self, claim: Claim, outcome: str, trial_number: int | None = None) -> int | None:
+        """Mark a held ticket done. For a trial ticket that was its study's last, release the finalize ticket
+        in the same transaction and return its id. A lost lease changes nothing (a reaper settles it)."""
+        values: dict[str, Any] = {
+            "state": TicketState.DONE.value,
+            "outcome": outcome,
+            "lease_until": None,
+            "finished_at": sa.func.now(),
+        }
         if trial_number is not None:
             values["trial_number"] = trial_number
         with self.engine.begin() as c:
-            return bool(c.execute(tickets.update().where(*self._held(claim)).values(**values)).rowcount)
+            held = c.execute(tickets.update().where(*self._held(claim)).values(**values)).rowcount
+            if held and claim.kind is TicketKind.TRIAL:
+                return self._release_finalize(c, claim.job_id, claim.study)
+        return None
 
     def release_after_error(self, claim: Claim, error: str) -> bool:
         """Put a ticket whose task raised back up; after MAX_ATTEMPTS failures, fail the job. True if retried."""
@@ -344,6 +351,10 @@ class JobStore:
 
     def release_finalize(self, job_id: str, study: str) -> int | None:
         """Once no trial ticket of the study is open, release its finalize ticket (exactly once)."""
+        with self.engine.begin() as c:
+            return self._release_finalize(c, job_id, study)
+
+    def _release_finalize(self, c, job_id: str, study: str) -> int | None:
         open_trials = (
             sa.select(tickets.c.id)
             .where(
@@ -354,20 +365,19 @@ class JobStore:
             )
             .exists()
         )
-        with self.engine.begin() as c:
-            return c.execute(
-                tickets.update()
-                .where(
-                    tickets.c.job_id == job_id,
-                    tickets.c.study == study,
-                    tickets.c.kind == TicketKind.FINALIZE.value,
-                    tickets.c.state == TicketState.PENDING.value,
-                    tickets.c.released.is_(False),
-                    ~open_trials,
-                )
-                .values(released=True, enqueued_at=sa.func.now())
-                .returning(tickets.c.id)
-            ).scalar()
+        return c.execute(
+            tickets.update()
+            .where(
+                tickets.c.job_id == job_id,
+                tickets.c.study == study,
+                tickets.c.kind == TicketKind.FINALIZE.value,
+                tickets.c.state == TicketState.PENDING.value,
+                tickets.c.released.is_(False),
+                ~open_trials,
+            )
+            .values(released=True, enqueued_at=sa.func.now())
+            .returning(tickets.c.id)
+        ).scalar()
 
     def complete_job_if_done(self, job_id: str) -> bool:
         open_tickets = (
@@ -421,7 +431,7 @@ class JobStore:
     def settle(self, expired: Expired, finished_outcome: str | None) -> None:
         """A taken-back ticket is done if its trial finished on its own, else pending again."""
         values: dict[str, Any] = (
-            {"state": TicketState.DONE.value, "outcome": finished_outcome}
+            {"state": TicketState.DONE.value, "outcome": finished_outcome, "finished_at": sa.func.now()}
             if finished_outcome
             else {"state": TicketState.PENDING.value, "trial_number": None, "enqueued_at": None}
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from typing import TYPE_CHECKING
 
 from tuner.errors import SpecError
@@ -16,8 +18,18 @@ class UnknownSamplerError(SpecError, ValueError):
     """A sampler name outside :data:`SAMPLERS`."""
 
 
-def make_sampler(name: str, seed: int | None) -> BaseSampler:
+def make_sampler(name: str, seed: int | None, *, parallel: bool = False) -> BaseSampler:
+    """``parallel``: several processes ask the same study at once (service workers).
+
+    Each then needs its own random stream, or they all propose the same sequence and collide, and TPE
+    treats trials still running as bad results (constant liar) so it does not propose them again.
+    """
     import optuna
+
+    if parallel:
+        seed = None if seed is None else hash((seed, os.getpid(), time.time_ns())) % 2**32
+        if name == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
 
     factories = {
         "tpe": optuna.samplers.TPESampler,

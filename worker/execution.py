@@ -64,6 +64,7 @@ class WorkerContext:
                 tracker,
                 study,
                 job_id,
+                parallel=True,
             )
         return self.sessions[key]
 
@@ -127,7 +128,7 @@ def run_ticket(ctx: WorkerContext, app, ticket_id: int, worker: str) -> str:
     try:
         with Heartbeat(store, claim, ctx.settings.lease_s):
             if claim.kind is TicketKind.TRIAL:
-                outcome = _run_trial(ctx, claim)
+                outcome = _run_trial(ctx, app, claim)
             else:
                 outcome = _finalize(ctx, claim)
     except Exception as exc:
@@ -136,19 +137,15 @@ def run_ticket(ctx: WorkerContext, app, ticket_id: int, worker: str) -> str:
             job = store.job(claim.job_id)
             send_tickets(app, store, job["hardware"], [ticket_id], countdown=2)
         return f"error: {exc}"
-    if claim.kind is TicketKind.TRIAL:
-        released = store.release_finalize(claim.job_id, claim.study)
-        if released is not None:
-            send_tickets(app, store, store.job(claim.job_id)["hardware"], [released])
-    else:
+    if claim.kind is TicketKind.FINALIZE:
         store.complete_job_if_done(claim.job_id)
     return outcome
 
 
-def _run_trial(ctx: WorkerContext, claim: Claim) -> str:
+def _run_trial(ctx: WorkerContext, app, claim: Claim) -> str:
     store = ctx.store
-    if store.past_deadline(claim.job_id):
-        store.finish(claim, "deadline")
+    if claim.past_deadline:
+        _finish_trial(ctx, app, claim, "deadline", None)
         return "deadline"
     session = ctx.session(claim.job_id, claim.study)
     session.refresh()
@@ -160,8 +157,14 @@ def _run_trial(ctx: WorkerContext, claim: Claim) -> str:
 
     result = session.step_until_measured(on_measure)
     outcome = "exhausted" if result is None else result.status.value
-    store.finish(claim, outcome, measured[-1] if measured else None)
+    _finish_trial(ctx, app, claim, outcome, measured[-1] if measured else None)
     return outcome
+
+
+def _finish_trial(ctx: WorkerContext, app, claim: Claim, outcome: str, trial_number: int | None) -> None:
+    released = ctx.store.finish(claim, outcome, trial_number)
+    if released is not None:  # this was the study's last trial: queue its top-k re-measure
+        send_tickets(app, ctx.store, ctx.store.job(claim.job_id)["hardware"], [released])
 
 
 def _finalize(ctx: WorkerContext, claim: Claim) -> str:

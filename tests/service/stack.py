@@ -103,6 +103,8 @@ class MlflowServer:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # MLflow 3's job runner (a huey consumer) polls and takes half a core here; cotune uses no MLflow jobs.
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
         wait_for(self._healthy, 60, "the MLflow server")
 
