@@ -5,11 +5,12 @@
    (``tune_job``: SQLite + MLflow SQLite file) and through the service (Celery on Redis, PostgreSQL,
    an MLflow tracking server, one worker). Overhead = service time per trial - local time per trial.
 3. Scaling: trials/s with 1, 2 and 4 workers on a kernel that sleeps 200 ms per trial (so 2 cores are
-   not the limit), measured between the first and the last finished trial.
+   not the limit), measured between the first and the last finished trial; fresh workers for each run, the
+   median of ``--repeats`` runs.
 
 Needs PostgreSQL on 127.0.0.1:5432 and a redis-server binary; starts its own Redis, MLflow server and workers.
 
-    python bench/service.py [--trials 100] [--scale-trials 48] [--out bench/results/service.json]
+    python bench/service.py [--trials 200] [--scale-trials 96] [--repeats 3] [--out bench/results/service.json]
 """
 
 from __future__ import annotations
@@ -51,7 +52,10 @@ def storage_costs(redis_url: str, pg_url: str, work: Path, trials: int) -> list[
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = []
+    from tuner.storage import open_storage
+
     backends = {
+        "postgresql (journal, cotune's choice)": lambda: open_storage(pg_url),
         "postgresql (RDB)": lambda: RDBStorage(pg_url),
         "redis (journal)": lambda: JournalStorage(JournalRedisBackend(redis_url)),
         "sqlite (RDB, local only)": lambda: RDBStorage(f"sqlite:///{work}/storage-bench.db"),
@@ -123,9 +127,10 @@ def service_run(service: Service, store: JobStore, name: str, trials: int, sleep
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--trials", type=int, default=100, help="trials for the storage and overhead runs")
-    ap.add_argument("--scale-trials", type=int, default=48, help="trials per scaling run")
+    ap.add_argument("--trials", type=int, default=200, help="trials for the storage and overhead runs")
+    ap.add_argument("--scale-trials", type=int, default=96, help="trials per scaling run")
     ap.add_argument("--workers", default="1,2,4")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per worker count; the median is reported")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "service.json")
     args = ap.parse_args()
 
@@ -169,16 +174,32 @@ def main() -> None:
                 "service_per_trial_ms": svc["per_trial_ms"],
                 "overhead_per_trial_ms": round(svc["per_trial_ms"] - local * 1e3, 2),
             }
+            service.stop()
             scaling = []
-            started = 1
             for n in [int(w) for w in args.workers.split(",")]:
-                while started < n:
-                    service.start_worker(f"w{started}")
-                    started += 1
-                run = service_run(service, store, f"svc-scale-{n}", args.scale_trials, 200)
-                run["workers"] = n
-                scaling.append(run)
-                print(f"{n} worker(s): {run['trials_per_s']:.2f} trials/s", flush=True)
+                runs = []
+                for rep in range(args.repeats):
+                    # Fresh workers for every run, so each worker count starts from the same state.
+                    fleet = Service(env, work, redis)
+                    for i in range(n):
+                        fleet.start_worker(f"s{n}-{rep}-{i}")
+                    try:
+                        runs.append(service_run(fleet, store, f"svc-scale-{n}-{rep}", args.scale_trials, 200))
+                    finally:
+                        fleet.stop()
+                runs.sort(key=lambda r: r["trials_per_s"])
+                median = runs[len(runs) // 2]
+                scaling.append(
+                    {
+                        "workers": n,
+                        "trials": args.scale_trials,
+                        "kernel_sleep_ms": 200,
+                        "trials_per_s": median["trials_per_s"],
+                        "runs_trials_per_s": [r["trials_per_s"] for r in runs],
+                        "workers_used": median["workers_used"],
+                    }
+                )
+                print(f"{n} worker(s): {[r['trials_per_s'] for r in runs]} trials/s", flush=True)
             base = scaling[0]["trials_per_s"]
             for run in scaling:
                 run["speedup"] = round(run["trials_per_s"] / base, 2)

@@ -142,7 +142,7 @@ class JobStore:
                 "set COTUNE_STORAGE=postgresql+psycopg2://USER@HOST:5432/DB"
             )
         self.url = url
-        self.engine = _engine(url)
+        self.engine = engine_for(url)
         try:
             _meta.create_all(self.engine, checkfirst=True)
         except sa.exc.OperationalError as exc:
@@ -508,6 +508,16 @@ def new_job_id() -> str:
 
 def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+_engines: dict[str, Engine] = {}
+
+
+def engine_for(url: str) -> Engine:
+    """One engine (one connection pool) per database URL and process, shared by the job store and Optuna."""
+    if url not in _engines:
+        _engines[url] = _engine(url)
+    return _engines[url]
 
 
 def _engine(url: str) -> Engine:

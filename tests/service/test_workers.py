@@ -14,6 +14,7 @@ from tests.service.conftest import noop_spec
 from tests.service.stack import wait_for
 from tuner.driver import TRIAL_ATTR, counted
 from tuner.jobs import JobStore, tickets
+from tuner.storage import open_storage
 
 WAIT = 180  # seconds a job may take here; the jobs below need a few
 
@@ -40,7 +41,7 @@ def job_tickets(service, job: str) -> list[dict]:
 
 def study_trials(service, record: dict) -> list:
     (study,) = record["studies"]
-    loaded = optuna.load_study(study_name=study["name"], storage=service.env["COTUNE_STORAGE"])
+    loaded = optuna.load_study(study_name=study["name"], storage=open_storage(service.env["COTUNE_STORAGE"]))
     return loaded.get_trials(deepcopy=False)
 
 
