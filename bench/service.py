@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.service.stack import MlflowServer, RedisServer, Service, wait_for  # noqa: E402
+from tuner.device import cpu_profile  # noqa: E402
 from tuner.jobs import JobStore, tickets  # noqa: E402
 
 PG = "postgresql+psycopg2://postgres@127.0.0.1:5432/"
@@ -145,7 +146,7 @@ def main() -> None:
     mlflow = MlflowServer(work)
     result: dict = {
         "date": dt.date.today().isoformat(),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, no GPU",
+        "machine": f"{cpu_profile().name}, {os.cpu_count()} cores, no GPU",
         "python": platform.python_version(),
         "command": "python bench/service.py " + " ".join(sys.argv[1:]),
     }
