@@ -3,8 +3,9 @@
     python bench/search_efficiency.py [--data ../shared/bench/replay] [--strategies tpe random]
         [--seeds 20] [--budget 200] [--out bench/results/search_efficiency.json]
 
-Reports per file and strategy: median evaluations to within 2 % of the optimum, and the mean of
-best/optimum after 25, 50, 100 and 200 evaluations. Strategies are cotune's sampler names.
+Reports per file and strategy: median evaluations to within 2 % of the optimum, the mean and median of
+best/optimum after 25, 50, 100 and 200 evaluations, and the median best/optimum curve. Strategies are
+cotune's sampler names, or ``kt:<strategy>`` for Kernel Tuner's own (bench/kernel_tuner_peer.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import statistics
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from tuner.replay import load_kernel_tuner_cache, replay
+from tuner.replay import ReplayResult, load_kernel_tuner_cache, replay
 
 CHECKPOINTS = (25, 50, 100, 200)
 
@@ -25,17 +26,25 @@ CHECKPOINTS = (25, 50, 100, 200)
 def one(args: tuple[str, str, int, int]) -> dict:
     path, strategy, seed, budget = args
     data = load_kernel_tuner_cache(Path(path))
-    r = replay(data, sampler=strategy, budget=budget, seed=seed)
+    if strategy.startswith("kt:"):
+        from kernel_tuner_peer import kt_best_so_far  # bench/ is on sys.path when run as a script
+
+        curve = kt_best_so_far(Path(path), strategy.removeprefix("kt:"), seed, budget, data.keys)
+        result = ReplayResult(data.optimum, curve)
+    else:
+        result = replay(data, sampler=strategy, budget=budget, seed=seed)
+    curve = result.best_so_far
     ratio = {}
     for n in CHECKPOINTS:
-        best = r.best_so_far[min(n, len(r.best_so_far)) - 1]
-        ratio[str(n)] = best / r.optimum if best is not None else None
+        best = curve[min(n, len(curve)) - 1] if curve else None
+        ratio[str(n)] = best / result.optimum if best is not None else None
     return {
         "file": data.name,
         "strategy": strategy,
         "seed": seed,
-        "to_2pct": r.evaluations_to_within(0.02),
+        "to_2pct": result.evaluations_to_within(0.02),
         "ratio": ratio,
+        "curve": [None if b is None else round(b / result.optimum, 5) for b in curve],
     }
 
 
@@ -53,9 +62,25 @@ def summarise(rows: list[dict]) -> list[dict]:
             "median_evals_to_2pct": None if median == float("inf") else median,
         }
         for n in CHECKPOINTS:
-            vals = [r["ratio"][str(n)] for r in group if r["ratio"][str(n)] is not None]
-            entry[f"mean_best_over_opt@{n}"] = round(statistics.mean(vals), 4) if vals else None
+            vals = [r["ratio"][str(n)] if r["ratio"][str(n)] is not None else float("inf") for r in group]
+            finite = [v for v in vals if v != float("inf")]
+            entry[f"mean_best_over_opt@{n}"] = round(statistics.mean(finite), 4) if finite else None
+            med = statistics.median(vals)
+            entry[f"median_best_over_opt@{n}"] = None if med == float("inf") else round(med, 4)
+        entry["median_curve"] = _median_curve([r["curve"] for r in group])
         out.append(entry)
+    return out
+
+
+def _median_curve(curves: list[list]) -> list[float | None]:
+    """Median best/optimum after each evaluation, over seeds (a run that found nothing yet counts as worst)."""
+    length = max(len(c) for c in curves)
+    out = []
+    for i in range(length):
+        vals = [c[min(i, len(c) - 1)] if c else None for c in curves]
+        vals = [float("inf") if v is None else v for v in vals]
+        med = statistics.median(vals)
+        out.append(None if med == float("inf") else round(med, 4))
     return out
 
 
@@ -67,16 +92,19 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=200)
     ap.add_argument("--files", nargs="*", help="file names under --data (default: every KT cache)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/search_efficiency.json"))
+    ap.add_argument("--procs", type=int, default=None, help="worker processes (default: one per core)")
     args = ap.parse_args()
     names = args.files or sorted(p.name for p in args.data.glob("*.json*") if "_T4" not in p.name)
     jobs = [
         (str(args.data / f), s, seed, args.budget) for f in names for s in args.strategies for seed in range(args.seeds)
     ]
-    with ProcessPoolExecutor() as pool:
-        rows = list(pool.map(one, jobs))
+    with ProcessPoolExecutor(args.procs) as pool:
+        rows = list(pool.map(one, jobs, chunksize=4))
     summary = summarise(rows)
+    for r in rows:
+        del r["curve"]  # kept as median curves in the summary; 200 numbers per run would bloat the file
     for s in summary:
-        print(json.dumps(s))
+        print(json.dumps({k: v for k, v in s.items() if k != "median_curve"}))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(

@@ -108,12 +108,18 @@ class StudySession:
         self.spec, self.kernel, self.space, self.problem, self.device = spec, kernel, space, problem, device
         self.tracker = tracker
         self.name = name
+        self._distributions = space.distributions()
+        feasible = space.feasible_points(problem, device) if space.size <= SPACE_ENUMERATION_LIMIT else None
+        self._feasible_count = None if feasible is None else len(feasible)
+        sampler = make_sampler(
+            spec.sampler.name,
+            spec.sampler.seed,
+            parallel=parallel,
+            candidates=None if feasible is None else [c.values for c in feasible],
+            distributions=self._distributions,
+        )
         self.study = optuna.create_study(
-            storage=storage,
-            study_name=name,
-            direction=direction(spec.objective),
-            sampler=make_sampler(spec.sampler.name, spec.sampler.seed, parallel=parallel),
-            load_if_exists=True,
+            storage=storage, study_name=name, direction=direction(spec.objective), sampler=sampler, load_if_exists=True
         )
         tags = {
             "cotune.source_hash": kernel.source_hash,
@@ -135,7 +141,6 @@ class StudySession:
             if existing.get(key) != value:  # each write is a transaction on a shared storage
                 self.study.set_user_attr(key, value)
         self.objective = TrialObjective(space, problem, device, runner, spec.bench.settings())
-        self._distributions = space.distributions()
         self.refresh()
 
     def refresh(self) -> None:
@@ -160,14 +165,9 @@ class StudySession:
             fail_lost_trial(self.study, t.number, "left RUNNING by an earlier run that stopped")
 
     def feasible_budget(self) -> int | None:
-        feasible = (
-            len(self.space.feasible_points(self.problem, self.device))
-            if self.space.size <= SPACE_ENUMERATION_LIMIT
-            else None
-        )
         budget = self.spec.budget.trials
-        if feasible is not None:
-            budget = min(budget, feasible) if budget else feasible
+        if self._feasible_count is not None:
+            budget = min(budget, self._feasible_count) if budget else self._feasible_count
         return budget
 
     def step(self, on_measure: Callable[[int], None] | None = None) -> TrialResult:

@@ -106,8 +106,12 @@ def replay(
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="minimize", sampler=make_sampler(sampler, seed))
     dists = {k: CategoricalDistribution(list(data.values[k])) for k in data.keys}
+    candidates = [dict(zip(data.keys, point, strict=True)) for point in data.records]
+    study = optuna.create_study(
+        direction="minimize",
+        sampler=make_sampler(sampler, seed, candidates=candidates, distributions=dists),
+    )
     result = ReplayResult(data.optimum)
     seen: dict[tuple, Record] = {}
     best: float | None = None

@@ -4,28 +4,46 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from tuner.errors import SpecError
 
 if TYPE_CHECKING:
     from optuna.samplers import BaseSampler
 
-SAMPLERS = ("tpe", "random", "gp", "cmaes")
+SAMPLERS = ("cotune", "tpe", "random", "gp", "cmaes")
 
 
 class UnknownSamplerError(SpecError, ValueError):
     """A sampler name outside :data:`SAMPLERS`."""
 
 
-def make_sampler(name: str, seed: int | None, *, parallel: bool = False) -> BaseSampler:
-    """``parallel``: several processes ask the same study at once (service workers).
+def make_sampler(
+    name: str,
+    seed: int | None,
+    *,
+    parallel: bool = False,
+    candidates: Sequence[Mapping[str, Any]] | None = None,
+    distributions: Mapping[str, Any] | None = None,
+) -> BaseSampler:
+    """``candidates``/``distributions``: the enumerated feasible configs, which ``cotune`` needs.
+
+    ``parallel``: several processes ask the same study at once (service workers).
 
     Each then needs its own random stream, or they all propose the same sequence and collide, and TPE
     treats trials still running as bad results (constant liar) so it does not propose them again.
     """
     import optuna
 
+    if name == "cotune":
+        if candidates is None or distributions is None:
+            raise SpecError("sampler cotune needs a space small enough to enumerate its feasible configs")
+        from tuner.candidate_sampler import CandidateSampler
+
+        if parallel and seed is not None:
+            seed = hash((seed, os.getpid(), time.time_ns())) % 2**32
+        return CandidateSampler(candidates, distributions, seed=seed)
     if parallel:
         seed = None if seed is None else hash((seed, os.getpid(), time.time_ns())) % 2**32
         if name == "tpe":

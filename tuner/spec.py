@@ -31,7 +31,7 @@ class Budget(_Strict):
 
 
 class SamplerSpec(_Strict):
-    name: Literal["tpe", "random", "gp", "cmaes"] = "tpe"
+    name: Literal["cotune", "tpe", "random", "gp", "cmaes"] = "tpe"
     seed: int | None = None
 
 
