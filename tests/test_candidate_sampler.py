@@ -21,12 +21,17 @@ UNROLL = [1, 2, 4, 8]
 FEASIBLE = [
     {"TM": m, "TN": n, "U": u} for m, n, u in itertools.product(TILES, TILES, UNROLL) if m * n <= 64 * 256
 ]
-DISTS = {"TM": CategoricalDistribution(TILES), "TN": CategoricalDistribution(TILES), "U": CategoricalDistribution(UNROLL)}
+DISTS = {
+    "TM": CategoricalDistribution(TILES),
+    "TN": CategoricalDistribution(TILES),
+    "U": CategoricalDistribution(UNROLL),
+}
 
 
 def landscape(c: dict) -> float:
     """Time of a made-up kernel: best near TM=64, TN=128, U=4, smooth in log2 of each tile size."""
-    return 1.0 + (math.log2(c["TM"]) - 6) ** 2 + 0.5 * (math.log2(c["TN"]) - 7) ** 2 + 0.3 * (math.log2(c["U"]) - 2) ** 2
+    tm, tn, u = math.log2(c["TM"]), math.log2(c["TN"]), math.log2(c["U"])
+    return 1.0 + (tm - 6) ** 2 + 0.5 * (tn - 7) ** 2 + 0.3 * (u - 2) ** 2
 
 
 def run(sampler, n: int, fail=lambda c: False) -> list[dict]:
