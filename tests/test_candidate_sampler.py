@@ -18,9 +18,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 TILES = [2**e for e in range(2, 10)]  # 4 .. 512
 UNROLL = [1, 2, 4, 8]
 # A tile space with a constraint: only configs whose tiles fit "shared memory" exist.
-FEASIBLE = [
-    {"TM": m, "TN": n, "U": u} for m, n, u in itertools.product(TILES, TILES, UNROLL) if m * n <= 64 * 256
-]
+FEASIBLE = [{"TM": m, "TN": n, "U": u} for m, n, u in itertools.product(TILES, TILES, UNROLL) if m * n <= 64 * 256]
 DISTS = {
     "TM": CategoricalDistribution(TILES),
     "TN": CategoricalDistribution(TILES),
