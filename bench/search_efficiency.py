@@ -10,6 +10,12 @@ cotune's sampler names, or ``kt:<strategy>`` for Kernel Tuner's own (bench/kerne
 
 from __future__ import annotations
 
+import os
+
+# One BLAS thread per process: the pool already runs one process per core.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import argparse
 import datetime as dt
 import json

@@ -20,7 +20,7 @@ def test_lists_expand_to_cross_product():
     problems = spec.expand()
     assert len(problems) == 6
     assert problems[0].key == "c_matmul:K=128,M=1,N=256:fp32"
-    assert spec.top_k == 3 and spec.sampler.name == "tpe"
+    assert spec.top_k == 3 and spec.sampler.name == "cotune"
 
 
 def test_precisions_multiply_problems():

@@ -38,6 +38,22 @@ def _rank_encoding(values: Sequence[Any]) -> dict[Any, float]:
     return {v: i / (len(ordered) - 1) for i, v in enumerate(ordered)}
 
 
+def _alignment_encoding(values: Sequence[Any]) -> list[float] | None:
+    """How aligned an integer param is: log2 of its largest power-of-two divisor, capped at 2^8, in [0, 1].
+
+    GPU kernels care whether a block or tile size is a multiple of the warp or wavefront (32, 64), which a
+    rank alone cannot express (48 sits between 32 and 64 yet behaves worse than both). None for params
+    that are not integers, or have fewer than three values.
+    """
+    distinct = set(values)
+    if len(distinct) < 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in distinct):
+        return None
+    twos = {v: min((v & -v).bit_length() - 1, 8) / 8 for v in distinct}
+    if len(set(twos.values())) < 2:
+        return None
+    return [twos[v] for v in values]
+
+
 class CandidateSampler(BaseSampler):
     def __init__(
         self,
@@ -49,6 +65,7 @@ class CandidateSampler(BaseSampler):
         refit_every: int = 10,
         max_pool: int = 20000,
         xi: float = 0.01,
+        align_features: bool = True,
     ) -> None:
         if not candidates:
             raise ValueError("CandidateSampler needs at least one feasible config")
@@ -56,8 +73,15 @@ class CandidateSampler(BaseSampler):
         self._distributions = dict(distributions)
         self._points = [tuple(c[p] for p in self._params) for c in candidates]
         self._index = {p: i for i, p in enumerate(self._points)}
-        encodings = [_rank_encoding([p[j] for p in self._points]) for j in range(len(self._params))]
-        self._X = np.array([[encodings[j][v] for j, v in enumerate(p)] for p in self._points], dtype=float)
+        columns = []
+        for j in range(len(self._params)):
+            values = [p[j] for p in self._points]
+            rank = _rank_encoding(values)
+            columns.append([rank[v] for v in values])
+            align = _alignment_encoding(values) if align_features else None
+            if align is not None:
+                columns.append(align)
+        self._X = np.array(columns, dtype=float).T
         self._rng = np.random.default_rng(seed)
         self._seed = seed
         self._n_startup = n_startup

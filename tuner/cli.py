@@ -202,7 +202,7 @@ def export(
 @clean_errors
 def replay(
     file: Path,
-    sampler: Annotated[str, typer.Option(help="tpe | random | gp | cmaes")] = "tpe",
+    sampler: Annotated[str, typer.Option(help="cotune | tpe | tpe-mv | random | gp | cmaes")] = "cotune",
     budget: Annotated[int, typer.Option(min=1, help="evaluations of distinct configs")] = 200,
     seed: int | None = None,
     wall_time_s: Annotated[float | None, typer.Option(help="simulated compile + benchmark time")] = None,

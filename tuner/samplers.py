@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tuner.errors import SpecError
 
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     from optuna.samplers import BaseSampler
 
-SAMPLERS = ("cotune", "tpe", "random", "gp", "cmaes")
+SAMPLERS = ("cotune", "tpe", "tpe-mv", "random", "gp", "cmaes")
 
 
 class UnknownSamplerError(SpecError, ValueError):
@@ -27,18 +31,22 @@ def make_sampler(
     candidates: Sequence[Mapping[str, Any]] | None = None,
     distributions: Mapping[str, Any] | None = None,
 ) -> BaseSampler:
-    """``candidates``/``distributions``: the enumerated feasible configs, which ``cotune`` needs.
+    """Build a sampler by name.
 
-    ``parallel``: several processes ask the same study at once (service workers).
+    ``candidates``/``distributions``: the enumerated feasible configs, which ``cotune`` needs; without
+    them (a space too large to enumerate) ``cotune`` falls back to TPE.
 
-    Each then needs its own random stream, or they all propose the same sequence and collide, and TPE
-    treats trials still running as bad results (constant liar) so it does not propose them again.
+    ``parallel``: several processes ask the same study at once (service workers). Each then needs its own
+    random stream, or they all propose the same sequence and collide, and TPE treats trials still running
+    as bad results (constant liar) so it does not propose them again.
     """
     import optuna
 
+    if name == "cotune" and (candidates is None or distributions is None):
+        # The space is too large to enumerate; TPE needs no list of configs.
+        log.warning("sampler cotune needs an enumerable space; using TPE for this study")
+        name = "tpe"
     if name == "cotune":
-        if candidates is None or distributions is None:
-            raise SpecError("sampler cotune needs a space small enough to enumerate its feasible configs")
         from tuner.candidate_sampler import CandidateSampler
 
         if parallel and seed is not None:
@@ -51,10 +59,13 @@ def make_sampler(
 
     factories = {
         "tpe": optuna.samplers.TPESampler,
+        "tpe-mv": lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True),
         "random": optuna.samplers.RandomSampler,
         "gp": optuna.samplers.GPSampler,
         "cmaes": optuna.samplers.CmaEsSampler,
     }
     if name not in factories:
         raise UnknownSamplerError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
-    return factories[name](seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return factories[name](seed=seed)

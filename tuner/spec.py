@@ -31,7 +31,7 @@ class Budget(_Strict):
 
 
 class SamplerSpec(_Strict):
-    name: Literal["cotune", "tpe", "random", "gp", "cmaes"] = "tpe"
+    name: Literal["cotune", "tpe", "tpe-mv", "random", "gp", "cmaes"] = "cotune"
     seed: int | None = None
 
 

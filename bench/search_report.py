@@ -1,0 +1,111 @@
+"""Tables and curves from the search benchmark's result files (cotune's strategies and Kernel Tuner's).
+
+    python bench/search_report.py bench/results/search_efficiency.json \
+        bench/results/search_efficiency_kernel_tuner.json [--candidate cotune] \
+        [--png bench/results/search_efficiency.png] [--md bench/results/search_efficiency.md]
+
+The Markdown holds, per file, the median over seeds of best/optimum after 50 and 200 evaluations and the
+median evaluations to within 2 %, for every strategy; then the target check: the candidate's median after
+50 against the best Kernel Tuner strategy's median after 200, and the candidate within 2 % after 200.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def load(paths: list[Path]) -> list[dict]:
+    rows = []
+    for p in paths:
+        rows += json.loads(p.read_text())["summary"]
+    return rows
+
+
+def fmt(v) -> str:
+    return "–" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+
+def markdown(rows: list[dict], candidate: str) -> str:
+    files = sorted({r["file"] for r in rows})
+    strategies = sorted({r["strategy"] for r in rows}, key=lambda s: (s.startswith("kt:"), s))
+    by = {(r["file"], r["strategy"]): r for r in rows}
+    out = ["| file | strategy | median best/opt @50 | @200 | median evals to 2 % |", "|---|---|---|---|---|"]
+    for f in files:
+        for s in strategies:
+            r = by.get((f, s))
+            if r:
+                out.append(
+                    f"| {f.split('.')[0]} | {s} | {fmt(r['median_best_over_opt@50'])} | "
+                    f"{fmt(r['median_best_over_opt@200'])} | {fmt(r['median_evals_to_2pct'])} |"
+                )
+    out += [
+        "",
+        f"Target check for `{candidate}` (medians over seeds):",
+        "",
+        f"| file | {candidate} @50 | best Kernel Tuner @200 (strategy) | @50 ≤ KT@200 | {candidate} @200 ≤ 1.02 |",
+        "|---|---|---|---|---|",
+    ]
+    for f in files:
+        mine = by.get((f, candidate))
+        kt = [by[(f, s)] for s in strategies if s.startswith("kt:") and (f, s) in by]
+        if not mine or not kt:
+            continue
+        best_kt = min(kt, key=lambda r: r["median_best_over_opt@200"] or float("inf"))
+        m50, m200, k200 = (
+            mine["median_best_over_opt@50"],
+            mine["median_best_over_opt@200"],
+            best_kt["median_best_over_opt@200"],
+        )
+        out.append(
+            f"| {f.split('.')[0]} | {fmt(m50)} | {fmt(k200)} ({best_kt['strategy']}) | "
+            f"{'yes' if m50 is not None and k200 is not None and m50 <= k200 else 'no'} | "
+            f"{'yes' if m200 is not None and m200 <= 1.02 else 'no'} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def plot(rows: list[dict], png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = sorted({r["file"] for r in rows})
+    cols = 3
+    fig, axes = plt.subplots((len(files) + cols - 1) // cols, cols, figsize=(15, 4 * ((len(files) + 2) // 3)))
+    for ax, f in zip(axes.flat, files, strict=False):
+        for r in sorted((r for r in rows if r["file"] == f), key=lambda r: r["strategy"]):
+            curve = [c if c is not None else float("nan") for c in r["median_curve"]]
+            kt = r["strategy"].startswith("kt:")
+            ax.plot(range(1, len(curve) + 1), curve, label=r["strategy"], lw=1 if kt else 2, ls="--" if kt else "-")
+        ax.set_title(f.split(".")[0], fontsize=10)
+        ax.set_yscale("log")
+        ax.set_ylim(0.98, 3)
+        ax.axhline(1.02, color="grey", lw=0.5)
+        ax.set_xlabel("evaluations")
+        ax.set_ylabel("median best / optimum")
+    for ax in list(axes.flat)[len(files) :]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower right", fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(png, dpi=90)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("results", nargs="+", type=Path)
+    ap.add_argument("--candidate", default="cotune")
+    ap.add_argument("--png", type=Path, default=Path("bench/results/search_efficiency.png"))
+    ap.add_argument("--md", type=Path, default=Path("bench/results/search_efficiency.md"))
+    args = ap.parse_args()
+    rows = load(args.results)
+    args.md.write_text(markdown(rows, args.candidate))
+    plot(rows, args.png)
+    print(args.md.read_text())
+
+
+if __name__ == "__main__":
+    main()
