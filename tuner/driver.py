@@ -108,6 +108,7 @@ class StudySession:
         self.spec, self.kernel, self.space, self.problem, self.device = spec, kernel, space, problem, device
         self.tracker = tracker
         self.name = name
+        self.parallel = parallel
         self._distributions = space.distributions()
         feasible = space.feasible_points(problem, device) if space.size <= SPACE_ENUMERATION_LIMIT else None
         self._feasible_count = None if feasible is None else len(feasible)
@@ -143,8 +144,13 @@ class StudySession:
         self.objective = TrialObjective(space, problem, device, runner, spec.bench.settings())
         self.refresh()
 
-    def refresh(self) -> None:
-        """Load what other processes measured (and are measuring) so no config is measured twice."""
+    def refresh(self, asked: int | None = None) -> None:
+        """Load what other processes measured (and are measuring) so no config is measured twice.
+
+        ``asked``: the trial this process just asked. Only trials asked before it count as in flight, so
+        when two workers ask the same config at the same moment, the earlier trial measures it and the
+        later one yields, whichever process looks first.
+        """
         from optuna.trial import TrialState
 
         in_flight: dict[str, int] = {}
@@ -153,7 +159,7 @@ class StudySession:
                 record = _record(t)
                 if record.get("failure_kind") != FailureKind.WORKER_LOST.value and "duplicate_of" not in record:
                     self.objective.remember(t.number, _result_from_trial(t))
-            elif t.state is TrialState.RUNNING and t.params:
+            elif t.state is TrialState.RUNNING and t.params and (asked is None or t.number < asked):
                 in_flight.setdefault(Config.make(t.params).key, t.number)
         self.objective.in_flight = in_flight
 
@@ -174,6 +180,8 @@ class StudySession:
         """Ask one trial, screen it, measure it if needed, record and tell it."""
         trial = self.study.ask(self._distributions)
         config = Config.make(trial.params)
+        if self.parallel:
+            self.refresh(asked=trial.number)
         result = self.objective.screen(config)
         if result is None:
             if on_measure is not None:

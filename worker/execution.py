@@ -148,7 +148,6 @@ def _run_trial(ctx: WorkerContext, app, claim: Claim) -> str:
         _finish_trial(ctx, app, claim, "deadline", None)
         return "deadline"
     session = ctx.session(claim.job_id, claim.study)
-    session.refresh()
     measured: list[int] = []
 
     def on_measure(number: int) -> None:
