@@ -32,9 +32,13 @@ def _uncompressed(path: Path) -> Path:
     return _plain[str(path)]
 
 
-def kt_best_so_far(path: Path, strategy: str, seed: int, budget: int, keys: tuple[str, ...]) -> list[float | None]:
+def kt_best_so_far(
+    path: Path, strategy: str, seed: int, budget: int, keys: tuple[str, ...], size: int
+) -> list[float | None]:
+    """``size``: configs in the cache; Kernel Tuner refuses a budget larger than its space."""
     from kernel_tuner import tune_cache
 
+    budget = min(budget, size)
     np.random.seed(seed)
     random.seed(seed)
     with warnings.catch_warnings():

@@ -35,7 +35,11 @@ def one(args: tuple[str, str, int, int]) -> dict:
     if strategy.startswith("kt:"):
         from kernel_tuner_peer import kt_best_so_far  # bench/ is on sys.path when run as a script
 
-        curve = kt_best_so_far(Path(path), strategy.removeprefix("kt:"), seed, budget, data.keys)
+        try:
+            curve = kt_best_so_far(Path(path), strategy.removeprefix("kt:"), seed, budget, data.keys, len(data.records))
+        except Exception as exc:  # one peer strategy failing on one file must not sink the whole benchmark
+            print(f"{data.name} {strategy} seed {seed}: {type(exc).__name__}: {exc}", flush=True)
+            curve = []
         result = ReplayResult(data.optimum, curve)
     else:
         result = replay(data, sampler=strategy, budget=budget, seed=seed)
