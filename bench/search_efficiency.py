@@ -42,7 +42,8 @@ def one(args: tuple[str, str, int, int]) -> dict:
             curve = []
         result = ReplayResult(data.optimum, curve)
     else:
-        result = replay(data, sampler=strategy, budget=budget, seed=seed)
+        name, options = _parse_strategy(strategy)
+        result = replay(data, sampler=name, budget=budget, seed=seed, sampler_options=options)
     curve = result.best_so_far
     ratio = {}
     for n in CHECKPOINTS:
@@ -56,6 +57,18 @@ def one(args: tuple[str, str, int, int]) -> dict:
         "ratio": ratio,
         "curve": [None if b is None else round(b / result.optimum, 5) for b in curve],
     }
+
+
+def _parse_strategy(strategy: str) -> tuple[str, dict]:
+    """``cotune[n_startup=5,xi=0]`` -> ("cotune", {"n_startup": 5, "xi": 0.0}): sampler settings to compare."""
+    if "[" not in strategy:
+        return strategy, {}
+    name, rest = strategy.rstrip("]").split("[", 1)
+    options = {}
+    for item in filter(None, rest.split(",")):
+        key, value = item.split("=")
+        options[key] = int(value) if value.lstrip("-").isdigit() else float(value)
+    return name, options
 
 
 def summarise(rows: list[dict]) -> list[dict]:

@@ -100,6 +100,7 @@ def replay(
     budget: int = 200,
     seed: int | None = None,
     wall_time_s: float | None = None,
+    sampler_options: dict | None = None,
 ) -> ReplayResult:
     import optuna
     from optuna.distributions import CategoricalDistribution
@@ -110,7 +111,7 @@ def replay(
     candidates = [dict(zip(data.keys, point, strict=True)) for point in data.records]
     study = optuna.create_study(
         direction="minimize",
-        sampler=make_sampler(sampler, seed, candidates=candidates, distributions=dists),
+        sampler=make_sampler(sampler, seed, candidates=candidates, distributions=dists, options=sampler_options),
     )
     result = ReplayResult(data.optimum)
     seen: dict[tuple, Record] = {}

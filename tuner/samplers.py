@@ -30,11 +30,14 @@ def make_sampler(
     parallel: bool = False,
     candidates: Sequence[Mapping[str, Any]] | None = None,
     distributions: Mapping[str, Any] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> BaseSampler:
     """Build a sampler by name.
 
     ``candidates``/``distributions``: the enumerated feasible configs, which ``cotune`` needs; without
     them (a space too large to enumerate) ``cotune`` falls back to TPE.
+
+    ``options``: keyword arguments for the ``cotune`` sampler (for benchmarks of its settings).
 
     ``parallel``: several processes ask the same study at once (service workers). Each then needs its own
     random stream, or they all propose the same sequence and collide, and TPE treats trials still running
@@ -51,7 +54,7 @@ def make_sampler(
 
         if parallel and seed is not None:
             seed = hash((seed, os.getpid(), time.time_ns())) % 2**32
-        return CandidateSampler(candidates, distributions, seed=seed)
+        return CandidateSampler(candidates, distributions, seed=seed, **(options or {}))
     if parallel:
         seed = None if seed is None else hash((seed, os.getpid(), time.time_ns())) % 2**32
         if name == "tpe":
