@@ -5,7 +5,9 @@
 
 Reports per file and strategy: median evaluations to within 2 % of the optimum, the mean and median of
 best/optimum after 25, 50, 100 and 200 evaluations, and the median best/optimum curve. Strategies are
-cotune's sampler names, or ``kt:<strategy>`` for Kernel Tuner's own (bench/kernel_tuner_peer.py).
+cotune's sampler names, ``<name>+transfer`` to evaluate first the top 5 configs of the same kernel's
+caches from the other GPUs (as ``enqueue_trial`` priors), ``cotune[n_startup=5]`` for sampler settings,
+or ``kt:<strategy>`` for Kernel Tuner's own (bench/kernel_tuner_peer.py).
 """
 
 from __future__ import annotations
@@ -43,7 +45,11 @@ def one(args: tuple[str, str, int, int]) -> dict:
         result = ReplayResult(data.optimum, curve)
     else:
         name, options = _parse_strategy(strategy)
-        result = replay(data, sampler=name, budget=budget, seed=seed, sampler_options=options)
+        priors = None
+        if name.endswith("+transfer"):
+            name = name.removesuffix("+transfer")
+            priors = [c for sib in _siblings(Path(path), data.keys) for c in sib.top(TRANSFER_TOP)]
+        result = replay(data, sampler=name, budget=budget, seed=seed, sampler_options=options, priors=priors)
     curve = result.best_so_far
     ratio = {}
     for n in CHECKPOINTS:
@@ -57,6 +63,22 @@ def one(args: tuple[str, str, int, int]) -> dict:
         "ratio": ratio,
         "curve": [None if b is None else round(b / result.optimum, 5) for b in curve],
     }
+
+
+TRANSFER_TOP = 5
+
+
+def _siblings(path: Path, keys: tuple[str, ...]) -> list:
+    """Caches of the same kernel (same file prefix and params) recorded on other GPUs."""
+    kernel = path.name.split("_")[0]
+    out = []
+    for other in sorted(path.parent.glob(f"{kernel}_*.json*")):
+        if other == path or "_T4" in other.name:
+            continue
+        data = load_kernel_tuner_cache(other)
+        if data.keys == keys:
+            out.append(data)
+    return out
 
 
 def _parse_strategy(strategy: str) -> tuple[str, dict]:

@@ -35,6 +35,11 @@ class ReplayData:
     values: dict[str, tuple]
     records: dict[tuple, Record]
 
+    def top(self, n: int) -> list[dict]:
+        """The n fastest recorded configs, as param dicts."""
+        ok = sorted((r.time_ms, p) for p, r in self.records.items() if r.time_ms is not None)
+        return [dict(zip(self.keys, p, strict=True)) for _, p in ok[:n]]
+
     @property
     def optimum(self) -> float:
         return min(r.time_ms for r in self.records.values() if r.time_ms is not None)
@@ -101,7 +106,10 @@ def replay(
     seed: int | None = None,
     wall_time_s: float | None = None,
     sampler_options: dict | None = None,
+    priors: list[dict] | None = None,
 ) -> ReplayResult:
+    """``priors``: configs to evaluate first (winners on another GPU or problem), as ``enqueue_trial`` does
+    in a real study; each costs an evaluation like any other, and ones outside this space are skipped."""
     import optuna
     from optuna.distributions import CategoricalDistribution
     from optuna.trial import TrialState
@@ -113,6 +121,9 @@ def replay(
         direction="minimize",
         sampler=make_sampler(sampler, seed, candidates=candidates, distributions=dists, options=sampler_options),
     )
+    for prior in priors or []:
+        if tuple(prior.get(k) for k in data.keys) in data.records:
+            study.enqueue_trial({k: prior[k] for k in data.keys}, skip_if_exists=True)
     result = ReplayResult(data.optimum)
     seen: dict[tuple, Record] = {}
     best: float | None = None
