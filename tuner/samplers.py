@@ -52,11 +52,11 @@ def make_sampler(
     if name == "cotune":
         from tuner.candidate_sampler import CandidateSampler
 
-        if parallel and seed is not None:
-            seed = hash((seed, os.getpid(), time.time_ns())) % 2**32
+        if parallel:
+            seed = _own_stream(seed)
         return CandidateSampler(candidates, distributions, seed=seed, **(options or {}))
     if parallel:
-        seed = None if seed is None else hash((seed, os.getpid(), time.time_ns())) % 2**32
+        seed = _own_stream(seed)
         if name == "tpe":
             return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
 
@@ -72,3 +72,8 @@ def make_sampler(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return factories[name](seed=seed)
+
+
+def _own_stream(seed: int | None) -> int | None:
+    """A seed of this process's own, derived from the spec's, so parallel workers do not propose alike."""
+    return None if seed is None else hash((seed, os.getpid(), time.time_ns())) % 2**32
