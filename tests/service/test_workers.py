@@ -81,6 +81,8 @@ def test_two_workers_share_a_job(service, tmp_path):
     assert client.get_run(parent).info.status == "FINISHED"
     best = json.loads(service.cli("best", job).stdout)
     assert best[0]["kernel"] == "noop" and best[0]["metrics"]["time_s"] > 0.1
+    watched = service.cli("watch", job, "--interval", "0.2")
+    assert watched.returncode == 0 and "succeeded" in watched.stdout and "10/10" in watched.stdout
 
 
 def test_kill_9_of_a_worker_mid_trial_loses_and_doubles_nothing(service, tmp_path):
