@@ -6,7 +6,8 @@
 Reports per file and strategy: median evaluations to within 2 % of the optimum, the mean and median of
 best/optimum after 25, 50, 100 and 200 evaluations, and the median best/optimum curve. Strategies are
 cotune's sampler names, ``<name>+transfer`` to evaluate first the top 5 configs of the same kernel's
-caches from the other GPUs (as ``enqueue_trial`` priors), ``cotune[n_startup=5]`` for sampler settings,
+caches from the other GPUs (as ``enqueue_trial`` priors), ``<name>+patience=N`` to stop after N
+evaluations without a 1 % gain, ``cotune[n_startup=5]`` for sampler settings,
 or ``kt:<strategy>`` for Kernel Tuner's own (bench/kernel_tuner_peer.py).
 """
 
@@ -45,11 +46,17 @@ def one(args: tuple[str, str, int, int]) -> dict:
         result = ReplayResult(data.optimum, curve)
     else:
         name, options = _parse_strategy(strategy)
+        patience = None
+        if "+patience=" in name:
+            name, _, n = name.partition("+patience=")
+            patience = int(n)
         priors = None
         if name.endswith("+transfer"):
             name = name.removesuffix("+transfer")
             priors = [c for sib in _siblings(Path(path), data.keys) for c in sib.top(TRANSFER_TOP)]
-        result = replay(data, sampler=name, budget=budget, seed=seed, sampler_options=options, priors=priors)
+        result = replay(
+            data, sampler=name, budget=budget, seed=seed, sampler_options=options, priors=priors, patience=patience
+        )
     curve = result.best_so_far
     ratio = {}
     for n in CHECKPOINTS:
@@ -60,6 +67,7 @@ def one(args: tuple[str, str, int, int]) -> dict:
         "strategy": strategy,
         "seed": seed,
         "to_2pct": result.evaluations_to_within(0.02),
+        "evaluations": len(curve),
         "ratio": ratio,
         "curve": [None if b is None else round(b / result.optimum, 5) for b in curve],
     }
@@ -112,6 +120,7 @@ def summarise(rows: list[dict]) -> list[dict]:
             entry[f"mean_best_over_opt@{n}"] = round(statistics.mean(finite), 4) if finite else None
             med = statistics.median(vals)
             entry[f"median_best_over_opt@{n}"] = None if med == float("inf") else round(med, 4)
+        entry["mean_evaluations"] = round(statistics.mean(r["evaluations"] for r in group), 1)
         entry["median_curve"] = _median_curve([r["curve"] for r in group])
         out.append(entry)
     return out

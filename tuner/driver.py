@@ -17,6 +17,7 @@ from tuner.registry import get_kernel
 from tuner.samplers import make_sampler
 from tuner.space import SearchSpace, load_space
 from tuner.spec import JobSpec
+from tuner.stopping import StallDetector
 from tuner.storage import open_storage
 from tuner.tracker import BestLog, StudyInfo, Tracker, TrialLog
 from tuner.types import Config, DeviceProfile, FailureKind, Measurement, Objective, Problem, TrialStatus
@@ -274,12 +275,19 @@ def _tune_problem(session: StudySession, on_progress) -> StudyOutcome:
     budget = session.feasible_budget()
     spec = session.spec
     deadline = time.monotonic() + spec.budget.wall_time_s if spec.budget.wall_time_s else None
+    stall = (
+        StallDetector(spec.budget.patience, minimize=spec.objective is Objective.MIN_TIME)
+        if spec.budget.patience
+        else None
+    )
     idle = 0
     while (budget is None or session.objective.measured < budget) and idle < MAX_IDLE_PROPOSALS:
         if deadline is not None and time.monotonic() >= deadline:
             break
         result = session.step()
         idle = idle + 1 if _idle(result) else 0
+        if stall is not None and not _idle(result) and stall.update(_best_value(session.study)):
+            break
         if on_progress:
             on_progress(
                 Progress(session.problem, session.objective.measured, budget, _best_value(session.study), result)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tuner.errors import SpecError
 from tuner.samplers import make_sampler
+from tuner.stopping import StallDetector
 
 FAILURE_MARKERS = ("CompilationFailedConfig", "RuntimeFailedConfig")
 MAX_IDLE_PROPOSALS = 1000
@@ -107,9 +108,11 @@ def replay(
     wall_time_s: float | None = None,
     sampler_options: dict | None = None,
     priors: list[dict] | None = None,
+    patience: int | None = None,
 ) -> ReplayResult:
     """``priors``: configs to evaluate first (winners on another GPU or problem), as ``enqueue_trial`` does
-    in a real study; each costs an evaluation like any other, and ones outside this space are skipped."""
+    in a real study; each costs an evaluation like any other, and ones outside this space are skipped.
+    ``patience``: stop after that many evaluations without a 1 % gain, as ``budget.patience`` does."""
     import optuna
     from optuna.distributions import CategoricalDistribution
     from optuna.trial import TrialState
@@ -125,6 +128,7 @@ def replay(
         if tuple(prior.get(k) for k in data.keys) in data.records:
             study.enqueue_trial({k: prior[k] for k in data.keys}, skip_if_exists=True)
     result = ReplayResult(data.optimum)
+    stall = StallDetector(patience) if patience else None
     seen: dict[tuple, Record] = {}
     best: float | None = None
     idle = 0
@@ -160,4 +164,6 @@ def replay(
         else:
             best = record.time_ms if best is None else min(best, record.time_ms)
         result.best_so_far.append(best)
+        if stall is not None and stall.update(best):
+            break
     return result

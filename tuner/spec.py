@@ -22,6 +22,9 @@ class _Strict(BaseModel):
 class Budget(_Strict):
     trials: int | None = Field(default=None, gt=0, description="measured trials per problem")
     wall_time_s: float | None = Field(default=None, gt=0, description="wall time per problem")
+    patience: int | None = Field(
+        default=None, gt=0, description="stop a problem after this many measured trials without a 1 % gain"
+    )
 
     @model_validator(mode="after")
     def _some_limit(self) -> Budget:

@@ -74,6 +74,8 @@ def submit(
         )
     if spec.budget.trials is None:
         raise SpecError("budget.trials: service jobs need a trial budget (wall_time_s alone cannot be split)")
+    if spec.budget.patience is not None:
+        raise SpecError("budget.patience: early stop is local-only for now (`cotune tune`); drop it to submit")
     check_broker(app)
     kernel = get_kernel(spec.kernel)
     space = kernel.space()

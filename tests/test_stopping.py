@@ -1,0 +1,55 @@
+"""Early stop: a search that stops improving ends before its budget, and one that improves does not."""
+
+from __future__ import annotations
+
+import json
+
+from tuner.replay import load_kernel_tuner_cache, replay
+from tuner.spec import parse_spec
+from tuner.stopping import StallDetector
+
+
+def test_stalls_after_patience_evaluations_without_a_one_percent_gain():
+    stall = StallDetector(patience=3)
+    assert not stall.update(10.0)
+    assert not stall.update(9.95)  # 0.5 %: not a gain
+    assert not stall.update(9.95)
+    assert stall.update(9.95)
+
+
+def test_a_real_gain_resets_the_count_and_direction_matters():
+    stall = StallDetector(patience=2)
+    assert not stall.update(10.0) and not stall.update(10.0)
+    assert not stall.update(9.0)  # 10 % faster
+    assert not stall.update(9.0)
+    up = StallDetector(patience=2, minimize=False)
+    assert not up.update(100.0) and not up.update(120.0) and not up.update(121.0)
+    assert up.update(121.0)
+
+
+def test_failures_before_any_success_count_towards_patience():
+    stall = StallDetector(patience=2)
+    assert not stall.update(None)
+    assert stall.update(None)
+
+
+def test_replay_stops_early_on_a_flat_cache(tmp_path):
+    cache = {
+        "tune_params_keys": ["a", "b"],
+        "tune_params": {"a": list(range(10)), "b": list(range(10))},
+        "cache": {
+            f"{a},{b}": {"a": a, "b": b, "time": 1.0, "compile_time": 0, "benchmark_time": 0}
+            for a in range(10)
+            for b in range(10)
+        },
+    }
+    path = tmp_path / "flat.json"
+    path.write_text(json.dumps(cache))
+    data = load_kernel_tuner_cache(path)
+    result = replay(data, sampler="random", budget=100, seed=0, patience=5)
+    assert len(result.best_so_far) == 6  # the first evaluation sets the best, five more without a gain
+
+
+def test_spec_accepts_patience():
+    spec = parse_spec("name: p\nkernel: noop\nproblems: [{sleep_ms: 1}]\nbudget: {trials: 50, patience: 10}\n")
+    assert spec.budget.patience == 10
