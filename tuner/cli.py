@@ -208,11 +208,12 @@ def replay(
     wall_time_s: Annotated[float | None, typer.Option(help="simulated compile + benchmark time")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Replay a recorded brute-force cache (Kernel Tuner format) through the search, running no kernel."""
-    from tuner.replay import load_kernel_tuner_cache
+    """Replay a recording through the search, running no kernel: a Kernel Tuner brute-force cache, or a
+    cotune trial table (trials.csv from a study's MLflow parent run)."""
+    from tuner.replay import load_recording
     from tuner.replay import replay as run_replay
 
-    data = load_kernel_tuner_cache(file)
+    data = load_recording(file)
     result = run_replay(data, sampler=sampler, budget=budget, seed=seed, wall_time_s=wall_time_s)
     if as_json:
         print(json.dumps(result.to_json()))

@@ -70,6 +70,61 @@ def load_kernel_tuner_cache(path: Path) -> ReplayData:
     return ReplayData(path.name, keys, values, records)
 
 
+def load_trial_table(path: Path) -> ReplayData:
+    """A cotune trial table: the ``trials.csv`` on each study's MLflow parent run (Optuna's trials_dataframe).
+
+    Only what the study measured is known, so the replay explores that subset: configs it never measured
+    count as outside the space, and the optimum is the best measured time. Repeats and infeasible
+    proposals (PRUNED) are left out; failed trials are recorded failures. Values are the study's
+    objective values (seconds for min_time), replayed as milliseconds.
+    """
+    import ast
+    import csv
+
+    import pandas as pd
+
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        keys = tuple(sorted(k for k in (rows[0] if rows else {}) if k.startswith("params_")))
+    except (OSError, csv.Error, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: not a cotune trial table ({type(exc).__name__}: {exc})") from None
+    if not keys or "state" not in rows[0]:
+        raise SpecError(f"{path}: not a cotune trial table (no params_* and state columns)")
+    records: dict[tuple, Record] = {}
+    for row in rows:
+        record = ast.literal_eval(row["user_attrs_cotune"]) if row.get("user_attrs_cotune") else {}
+        if row["state"] not in ("COMPLETE", "FAIL") or "duplicate_of" in record:
+            continue
+        if record.get("failure_kind") == "worker_lost":
+            continue
+        point = tuple(_cell(row[k]) for k in keys)
+        cost = pd.to_timedelta(row["duration"]).total_seconds() if row.get("duration") else 0.0
+        if row["state"] == "COMPLETE":
+            records.setdefault(point, Record(float(row["value"]) * 1e3, None, cost))
+        else:
+            records.setdefault(point, Record(None, record.get("reason", "failed"), cost))
+    if not any(r.time_ms is not None for r in records.values()):
+        raise SpecError(f"{path}: the table holds no successful trial")
+    names = tuple(k.removeprefix("params_") for k in keys)
+    values = {n: tuple(dict.fromkeys(p[i] for p in records)) for i, n in enumerate(names)}
+    return ReplayData(path.name, names, values, records)
+
+
+def load_recording(path: Path) -> ReplayData:
+    """A Kernel Tuner cache (.json, .json.gz) or a cotune trial table (.csv)."""
+    return load_trial_table(path) if path.suffix == ".csv" else load_kernel_tuner_cache(path)
+
+
+def _cell(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
 @dataclass
 class ReplayResult:
     optimum: float
