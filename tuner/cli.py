@@ -98,22 +98,22 @@ def tune(
             bar.update(tasks[key], completed=p.measured, total=p.budget, best=best)
 
         outcomes = tune_job(job, settings.storage, device, tracker, on_progress)
+    # Configs go under the table, one line each: as a column they wrap into unreadable cells at 80 columns.
     table = Table(title=f"{job.name}: re-measured winners")
-    for col in ("problem", "measured", "failed", "pruned", "best config", "time", "GFLOP/s", "spread"):
-        table.add_column(col)
+    for col in ("problem", "ok/fail/pruned", "time", "GFLOP/s", "spread"):
+        table.add_column(col, no_wrap=col != "problem")
     for o in outcomes:
         b = o.best
         table.add_row(
             o.problem.key,
-            str(o.measured),
-            str(o.failed),
-            str(o.pruned),
-            _fmt_config(b.config.values) if b else "-",
+            f"{o.measured}/{o.failed}/{o.pruned}",
             _fmt_time(b.remeasured.median_s) if b else "-",
             f"{b.remeasured.gflops:.1f}" if b else "-",
             f"{b.remeasured.spread:.1%}" if b else "-",
         )
     out.print(table)
+    for o in outcomes:
+        out.print(f"best {o.problem.key}: {_fmt_config(o.best.config.values) if o.best else '-'}", highlight=False)
     if tracker.experiment_id:
         out.print(
             f"MLflow runs: mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}  "
