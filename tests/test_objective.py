@@ -66,3 +66,13 @@ def test_duplicates_reuse_the_earlier_result(objective):
     objective.remember(7, first)
     again = objective.evaluate(cfg(0))
     assert again.duplicate_of == 7 and again.measurement == first.measurement
+
+
+def test_one_slow_call_does_not_make_a_stable_timing_look_noisy():
+    from tuner.types import Measurement
+
+    steady = Measurement(times_s=(1.0e-3,) * 14 + (5.0e-3,))  # one call 5x slower, as a page fault makes
+    assert steady.spread < 0.01
+    noisy = Measurement(times_s=(1.0e-3, 1.5e-3) * 7)
+    assert noisy.spread > 0.3
+    assert Measurement(times_s=(1.0e-3,)).spread == 0.0

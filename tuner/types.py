@@ -110,8 +110,15 @@ class Measurement:
 
     @property
     def spread(self) -> float:
-        """Relative spread: (max - min) / median over the repeats."""
-        return (max(self.times_s) - min(self.times_s)) / self.median_s if self.median_s > 0 else 0.0
+        """Relative spread: interquartile range / median over the repeats.
+
+        Not (max - min): one slow call among 15 of a sub-millisecond kernel (a page fault, a timer tick)
+        would read as several hundred percent and hide whether the timing is actually stable.
+        """
+        if len(self.times_s) < 2 or self.median_s <= 0:
+            return 0.0
+        q1, _, q3 = statistics.quantiles(self.times_s, n=4)
+        return (q3 - q1) / self.median_s
 
     @property
     def gflops(self) -> float:
