@@ -33,7 +33,8 @@ sys.path.insert(0, str(REPO))
 
 from tests.service.stack import MlflowServer, RedisServer, Service, wait_for  # noqa: E402
 from tuner.device import cpu_profile  # noqa: E402
-from tuner.jobs import JobStore, tickets  # noqa: E402
+from tuner.job_tables import tickets  # noqa: E402
+from tuner.jobs import JobStore  # noqa: E402
 
 PG = "postgresql+psycopg2://postgres@127.0.0.1:5432/"
 

@@ -14,124 +14,29 @@ if it restarts empty, the reaper sees pending tickets with no queued message and
 from __future__ import annotations
 
 import datetime as dt
-import enum
 import json
 import secrets
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
 
 from tuner.errors import NotFoundError, StorageError
-
-
-class JobState(enum.StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-ACTIVE = (JobState.QUEUED, JobState.RUNNING)
-
-
-class TicketKind(enum.StrEnum):
-    TRIAL = "trial"
-    FINALIZE = "finalize"
-
-
-class TicketState(enum.StrEnum):
-    PENDING = "pending"
-    CLAIMED = "claimed"
-    REAPING = "reaping"  # a reaper took it back from a dead worker and is settling its trial
-    DONE = "done"
-    CANCELLED = "cancelled"
-    ERROR = "error"
-
-
-OPEN = (TicketState.PENDING, TicketState.CLAIMED, TicketState.REAPING)
-MAX_ATTEMPTS = 3  # a ticket whose task raised this many times fails the job with its error
-
-_meta = sa.MetaData()
-
-jobs = sa.Table(
-    "cotune_jobs",
-    _meta,
-    sa.Column("id", sa.String(40), primary_key=True),
-    sa.Column("name", sa.String(100), nullable=False),
-    sa.Column("state", sa.String(16), nullable=False),
-    sa.Column("hardware", sa.String(100), nullable=False),
-    sa.Column("spec", sa.Text, nullable=False),
-    sa.Column("mlflow_uri", sa.Text, nullable=True),
-    sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
-    sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
-    sa.Column("deadline", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("error", sa.Text, nullable=True),
+from tuner.job_tables import (
+    ACTIVE,
+    MAX_ATTEMPTS,
+    OPEN,
+    Claim,
+    Expired,
+    JobState,
+    TicketKind,
+    TicketState,
+    create_tables,
+    jobs,
+    studies,
+    tickets,
 )
-
-studies = sa.Table(
-    "cotune_studies",
-    _meta,
-    sa.Column("job_id", sa.String(40), sa.ForeignKey("cotune_jobs.id", ondelete="CASCADE"), primary_key=True),
-    sa.Column("name", sa.String(500), primary_key=True),
-    sa.Column("problem", sa.Text, nullable=False),
-    sa.Column("budget", sa.Integer, nullable=False),
-    sa.Column("mlflow_run_id", sa.String(64), nullable=True),
-)
-
-tickets = sa.Table(
-    "cotune_tickets",
-    _meta,
-    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=True),
-    sa.Column("job_id", sa.String(40), sa.ForeignKey("cotune_jobs.id", ondelete="CASCADE"), nullable=False),
-    sa.Column("study", sa.String(500), nullable=False),
-    sa.Column("kind", sa.String(16), nullable=False),
-    sa.Column("state", sa.String(16), nullable=False),
-    sa.Column("released", sa.Boolean, nullable=False),  # finalize tickets wait until the study's trials end
-    sa.Column("attempt", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("failures", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("worker", sa.String(200), nullable=True),
-    sa.Column("lease_until", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("enqueued_at", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("trial_number", sa.Integer, nullable=True),
-    sa.Column("outcome", sa.String(32), nullable=True),
-    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("error", sa.Text, nullable=True),
-    sa.Index("ix_cotune_tickets_job_state", "job_id", "state"),
-)
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A worker's hold on one ticket; ``attempt`` fences out a holder whose lease was taken back."""
-
-    ticket_id: int
-    job_id: str
-    study: str
-    kind: TicketKind
-    attempt: int
-    past_deadline: bool = False
-
-
-@dataclass(frozen=True)
-class Expired:
-    ticket_id: int
-    job_id: str
-    study: str
-    kind: TicketKind
-    trial_number: int | None
-
-
-def _interval(seconds: float) -> sa.ColumnElement:
-    return sa.func.make_interval(0, 0, 0, 0, 0, 0, float(seconds))
-
-
-def _seconds(seconds: float) -> sa.ColumnElement:
-    """A time ``seconds`` from now on the database's clock, so worker clocks need not agree."""
-    return sa.func.now() + _interval(seconds)
+from tuner.pg import engine_for, first_line, from_now, interval, safe_url
 
 
 class JobStore:
@@ -144,9 +49,9 @@ class JobStore:
         self.url = url
         self.engine = engine_for(url)
         try:
-            _meta.create_all(self.engine, checkfirst=True)
+            create_tables(self.engine)
         except sa.exc.OperationalError as exc:
-            raise StorageError(f"cannot reach the job store {_safe(url)}: {_first_line(exc)}") from None
+            raise StorageError(f"cannot reach the job store {safe_url(url)}: {first_line(exc)}") from None
 
     # -- jobs ---------------------------------------------------------------------------------------------
 
@@ -171,7 +76,7 @@ class JobStore:
                     hardware=hardware,
                     spec=json.dumps(spec),
                     mlflow_uri=mlflow_uri,
-                    deadline=_seconds(wall_time_s) if wall_time_s else None,
+                    deadline=from_now(wall_time_s) if wall_time_s else None,
                 )
             )
             rows = []
@@ -228,11 +133,19 @@ class JobStore:
     def cancel(self, job_id: str) -> bool:
         """Mark an active job cancelled and its pending tickets with it; False if it had already ended."""
         self.job(job_id)
+        return self._end(job_id, JobState.CANCELLED)
+
+    def fail_job(self, job_id: str, error: str) -> None:
+        self._end(job_id, JobState.FAILED, error[:5000])
+
+    def _end(self, job_id: str, state: JobState, error: str | None = None) -> bool:
+        """End an active job in ``state``; its pending tickets will not run. False if it had already ended."""
+        values: dict[str, Any] = {"state": state.value, "updated_at": sa.func.now()}
+        if error is not None:
+            values["error"] = error
         with self.engine.begin() as c:
             changed = c.execute(
-                jobs.update()
-                .where(jobs.c.id == job_id, jobs.c.state.in_([s.value for s in ACTIVE]))
-                .values(state=JobState.CANCELLED.value, updated_at=sa.func.now())
+                jobs.update().where(jobs.c.id == job_id, jobs.c.state.in_([s.value for s in ACTIVE])).values(**values)
             ).rowcount
             c.execute(
                 tickets.update()
@@ -240,19 +153,6 @@ class JobStore:
                 .values(state=TicketState.CANCELLED.value)
             )
         return bool(changed)
-
-    def fail_job(self, job_id: str, error: str) -> None:
-        with self.engine.begin() as c:
-            c.execute(
-                jobs.update()
-                .where(jobs.c.id == job_id, jobs.c.state.in_([s.value for s in ACTIVE]))
-                .values(state=JobState.FAILED.value, error=error[:5000], updated_at=sa.func.now())
-            )
-            c.execute(
-                tickets.update()
-                .where(tickets.c.job_id == job_id, tickets.c.state == TicketState.PENDING.value)
-                .values(state=TicketState.CANCELLED.value)
-            )
 
     # -- tickets ------------------------------------------------------------------------------------------
 
@@ -271,7 +171,7 @@ class JobStore:
                     state=TicketState.CLAIMED.value,
                     attempt=tickets.c.attempt + 1,
                     worker=worker,
-                    lease_until=_seconds(lease_s),
+                    lease_until=from_now(lease_s),
                     trial_number=None,
                 )
                 .returning(tickets.c.job_id, tickets.c.study, tickets.c.kind, tickets.c.attempt)
@@ -299,7 +199,7 @@ class JobStore:
     def renew(self, claim: Claim, lease_s: float) -> bool:
         with self.engine.begin() as c:
             return bool(
-                c.execute(tickets.update().where(*self._held(claim)).values(lease_until=_seconds(lease_s))).rowcount
+                c.execute(tickets.update().where(*self._held(claim)).values(lease_until=from_now(lease_s))).rowcount
             )
 
     def set_trial(self, claim: Claim, trial_number: int) -> None:
@@ -404,26 +304,16 @@ class JobStore:
 
     def take_expired(self, job_id: str) -> list[Expired]:
         """Atomically take back the job's tickets whose lease ran out; only one reaper gets each."""
+        # A reaper that died while settling leaves REAPING tickets; their own lease lets another finish.
         with self.engine.begin() as c:
             rows = c.execute(
                 tickets.update()
                 .where(
                     tickets.c.job_id == job_id,
-                    tickets.c.state == TicketState.CLAIMED.value,
+                    tickets.c.state.in_([TicketState.CLAIMED.value, TicketState.REAPING.value]),
                     tickets.c.lease_until < sa.func.now(),
                 )
-                .values(state=TicketState.REAPING.value, lease_until=_seconds(60))
-                .returning(tickets.c.id, tickets.c.study, tickets.c.kind, tickets.c.trial_number)
-            ).all()
-            # A reaper that died while settling leaves REAPING tickets; their own lease lets another finish.
-            rows += c.execute(
-                tickets.update()
-                .where(
-                    tickets.c.job_id == job_id,
-                    tickets.c.state == TicketState.REAPING.value,
-                    tickets.c.lease_until < sa.func.now(),
-                )
-                .values(lease_until=_seconds(60))
+                .values(state=TicketState.REAPING.value, lease_until=from_now(60))
                 .returning(tickets.c.id, tickets.c.study, tickets.c.kind, tickets.c.trial_number)
             ).all()
         return [Expired(r.id, job_id, r.study, TicketKind(r.kind), r.trial_number) for r in rows]
@@ -458,7 +348,7 @@ class JobStore:
             tickets.c.job_id == job_id,
             tickets.c.state == TicketState.PENDING.value,
             tickets.c.released.is_(True),
-            sa.or_(tickets.c.enqueued_at.is_(None), tickets.c.enqueued_at < sa.func.now() - _interval(grace_s)),
+            sa.or_(tickets.c.enqueued_at.is_(None), tickets.c.enqueued_at < sa.func.now() - interval(grace_s)),
         )
         with self.engine.connect() as c:
             return [(i, k) for i, k in c.execute(q)]
@@ -508,42 +398,3 @@ def new_job_id() -> str:
 
 def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
-
-
-_engines: dict[str, Engine] = {}
-
-
-def engine_for(url: str) -> Engine:
-    """One engine (one connection pool) per database URL and process, shared by the job store and Optuna."""
-    if url not in _engines:
-        _engines[url] = _engine(url)
-    return _engines[url]
-
-
-def _engine(url: str) -> Engine:
-    """An engine on the database, which is created first if the server has no database of that name."""
-    engine = sa.create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5})
-    try:
-        with engine.connect():
-            return engine
-    except sa.exc.OperationalError as exc:
-        if "does not exist" not in str(exc):
-            raise StorageError(f"cannot reach the job store {_safe(url)}: {_first_line(exc)}") from None
-    admin = sa.create_engine(
-        sa.engine.make_url(url).set(database="postgres"),
-        isolation_level="AUTOCOMMIT",
-        connect_args={"connect_timeout": 5},
-    )
-    with admin.connect() as c:
-        c.execute(sa.text(f'CREATE DATABASE "{sa.engine.make_url(url).database}"'))
-    admin.dispose()
-    return engine
-
-
-def _safe(url: str) -> str:
-    return sa.engine.make_url(url).render_as_string(hide_password=True)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", exc) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -25,7 +25,7 @@ def open_storage(url: str, *, create: bool = True) -> BaseStorage:
 
     try:
         if url.startswith("postgresql"):
-            from tuner.jobs import engine_for
+            from tuner.pg import engine_for
             from tuner.pg_journal import PostgresJournalBackend
 
             return optuna.storages.JournalStorage(PostgresJournalBackend(engine_for(url)))

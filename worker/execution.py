@@ -16,7 +16,8 @@ from typing import Any
 from tuner.device import detect
 from tuner.driver import StudySession
 from tuner.isolation import CandidateRunner
-from tuner.jobs import Claim, JobStore, TicketKind
+from tuner.job_tables import Claim, TicketKind
+from tuner.jobs import JobStore
 from tuner.registry import get_kernel
 from tuner.settings import ServiceSettings
 from tuner.storage import open_storage

@@ -24,7 +24,8 @@ from celery import Celery
 
 from tuner.device import queue_name
 from tuner.driver import TRIAL_ATTR, counted, fail_lost_trial
-from tuner.jobs import JobStore, TicketKind
+from tuner.job_tables import TicketKind
+from tuner.jobs import JobStore
 from tuner.settings import ServiceSettings
 from tuner.storage import open_storage
 from worker.dispatch import send_tickets

@@ -13,7 +13,8 @@ from optuna.trial import TrialState
 from tests.service.conftest import noop_spec
 from tests.service.stack import wait_for
 from tuner.driver import TRIAL_ATTR, counted
-from tuner.jobs import JobStore, tickets
+from tuner.job_tables import tickets
+from tuner.jobs import JobStore
 from tuner.storage import open_storage
 
 WAIT = 180  # seconds a job may take here; the jobs below need a few
