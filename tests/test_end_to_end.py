@@ -118,3 +118,22 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, args, spec, me
     assert message in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
     if args[0] == "tune":
         assert not (tmp_path / "cotune-runs").exists()
+
+
+GPU_SPEC = """
+name: gpu-job
+kernel: triton_matmul
+problems: [{M: 16, N: 64, K: 64}]
+precisions: [bf16]
+budget: {trials: 3}
+"""
+
+
+@pytest.mark.skipif(Path("/dev/nvidiactl").exists(), reason="this machine has an NVIDIA driver")
+def test_a_gpu_kernel_without_a_gpu_is_one_clear_line_and_writes_nothing(tmp_path):
+    (tmp_path / "spec.yaml").write_text(GPU_SPEC)
+    proc = cotune("tune", "spec.yaml", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "kernel triton_matmul runs on cuda only: no usable NVIDIA GPU" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "cotune-runs").exists()

@@ -61,21 +61,23 @@ def tune(
     """Run a tuning job locally: one study per problem, trials in an isolated child process."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from tuner.device import detect
+    from tuner.device import device_for
     from tuner.driver import tune_job
     from tuner.mlflow_tracker import MlflowTracker
+    from tuner.registry import get_kernel
     from tuner.settings import ensure_parent_dir
     from tuner.spec import load_spec
     from tuner.storage import open_storage
 
     job = load_spec(spec)
+    kernel = get_kernel(job.kernel)
+    device = device_for(kernel.name, kernel.device_kinds)
     settings = _settings(storage, mlflow_uri, job)
     # Each store is checked before anything is written for the next, so a bad URL leaves nothing behind.
     ensure_parent_dir(settings.storage)
     open_storage(settings.storage)
     ensure_parent_dir(settings.mlflow_tracking_uri)
     tracker = MlflowTracker(settings.mlflow_tracking_uri)
-    device = detect("cpu")
     out.print(
         f"job [bold]{job.name}[/bold] on {device.name}: storage {settings.storage}, "
         f"MLflow {settings.mlflow_tracking_uri}"

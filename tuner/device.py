@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from pathlib import Path
@@ -57,10 +58,36 @@ def cpu_profile() -> DeviceProfile:
 
 
 def detect(kind: str = "cpu") -> DeviceProfile:
-    """Profile of the local device of the given kind. CUDA profiles come with the GPU kernel library."""
+    """Profile of the local device of the given kind: ``cpu``, or ``cuda`` (CUDA device 0 of this process)."""
     if kind == "cpu":
         return cpu_profile()
-    raise NotImplementedError(f"device kind {kind!r} is not supported yet")
+    if kind == "cuda":
+        from tuner.cuda_profile import cuda_profile
+
+        return cuda_profile(0)
+    raise CotuneError(f"unknown device kind {kind!r}; known: cpu, cuda")
+
+
+def device_for(kernel_name: str, device_kinds: tuple[str, ...]) -> DeviceProfile:
+    """The local device a kernel runs on: the CPU if it can, else CUDA device 0, or a clear error."""
+    if CPU_KIND in device_kinds:
+        return cpu_profile()
+    try:
+        return detect("cuda")
+    except CotuneError as exc:
+        raise CotuneError(f"kernel {kernel_name} runs on {', '.join(device_kinds)} only: {exc}") from None
+
+
+PROFILES_DIR = Path(__file__).with_name("device_profiles")
+
+
+def recorded_profile(name: str) -> DeviceProfile:
+    """A device profile saved as ``tuner/device_profiles/<slug>.json`` (for planning and tests off the GPU)."""
+    path = PROFILES_DIR / f"{slugify(name)}.json"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.json")))
+        raise CotuneError(f"no recorded device profile {path.name}; known: {known}")
+    return DeviceProfile.from_json(json.loads(path.read_text()))
 
 
 CPU_KIND = "cpu"

@@ -48,10 +48,12 @@ def _serve(conn: Any) -> None:
             m = kernel.measure(req.problem, req.config, req.device, req.bench)
             conn.send(("ok", m))
         except CandidateError as exc:
-            conn.send(("fail", exc.kind, str(exc)))
+            conn.send(("fail", exc.kind, str(exc), exc.restart))
+            if exc.restart:
+                return
         except Exception as exc:  # a kernel bug is one failed trial, reported with its traceback tail
             tail = traceback.format_exc(limit=3).strip().splitlines()[-1]
-            conn.send(("fail", FailureKind.RUNTIME, f"{type(exc).__name__}: {exc} ({tail})"))
+            conn.send(("fail", FailureKind.RUNTIME, f"{type(exc).__name__}: {exc} ({tail})", False))
 
 
 class _Pipes:
@@ -125,6 +127,8 @@ class CandidateRunner:
             return Failure(FailureKind.CRASH, self._death_reason())
         if reply[0] == "ok":
             return reply[1]
+        if reply[3]:  # the child exits after this reply; reap it so the next candidate gets a fresh one
+            self._death_reason()
         return Failure(reply[1], reply[2])
 
     def _death_reason(self) -> str:

@@ -22,19 +22,34 @@ SEARCH_SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 
 @dataclass(frozen=True)
 class BenchSettings:
-    """How hard to time a candidate: warm-up calls, timed repeats, and a per-candidate timeout."""
+    """How hard to time a candidate.
+
+    ``repeats`` is the minimum number of timed calls; GPU kernels time more calls, up to ``max_repeats``,
+    until ``target_s`` of kernel time is spent (a 10 us kernel needs thousands of calls for a stable median,
+    a 10 ms one a few). ``graph`` captures calls in a CUDA graph so launch overhead does not swamp tiny
+    kernels; ``energy`` adds an energy-per-call reading from the GPU's counter (a loop of at least 1 s).
+    """
 
     warmup: int = 1
     repeats: int = 5
     timeout_s: float = 60.0
+    target_s: float = 0.1
+    max_repeats: int = 1000
+    graph: bool = False
+    energy: bool = False
 
 
 class CandidateError(Exception):
-    """Raised inside :meth:`Kernel.measure` for an expected failure; becomes a FAIL trial with a reason."""
+    """Raised inside :meth:`Kernel.measure` for an expected failure; becomes a FAIL trial with a reason.
 
-    def __init__(self, kind: FailureKind, message: str) -> None:
+    ``restart`` asks for a fresh candidate process after this one, for failures that leave the process
+    unusable (a CUDA error poisons its context for every later launch).
+    """
+
+    def __init__(self, kind: FailureKind, message: str, *, restart: bool = False) -> None:
         super().__init__(message)
         self.kind = kind
+        self.restart = restart
 
 
 class Kernel(ABC):

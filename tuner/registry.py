@@ -12,6 +12,8 @@ from tuner.kernel import Kernel
 # name -> "module:ClassName"; kernels that need a GPU stack import it inside their own methods.
 KERNELS: dict[str, str] = {
     "c_matmul": "kernels.c_matmul.kernel:CMatmul",
+    "triton_matmul": "kernels.triton_matmul:TritonMatmul",
+    "cuda_gemm": "kernels.cuda_gemm.kernel:CudaGemm",
     "torch_linear": "kernels.torch_linear:TorchLinear",
     "noop": "kernels.noop:Noop",
 }

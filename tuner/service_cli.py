@@ -156,6 +156,7 @@ def worker(
 
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        os.environ["COTUNE_DEVICE"] = "cuda"
         kind = slugify(gpu_name(gpu))
     else:
         kind = CPU_KIND

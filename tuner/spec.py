@@ -43,10 +43,21 @@ class BenchSpec(_Strict):
     repeats: int = Field(default=5, ge=1)
     timeout_s: float = Field(default=60.0, gt=0)
     remeasure_repeats: int = Field(default=15, ge=1)
+    target_ms: float = Field(default=100.0, gt=0, description="GPU: kernel time to spend on timed repeats")
+    max_repeats: int = Field(default=1000, ge=1)
+    cuda_graph: bool = Field(default=False, description="GPU: time calls replayed from a CUDA graph")
 
-    def settings(self, *, remeasure: bool = False) -> BenchSettings:
+    def settings(self, *, remeasure: bool = False, energy: bool = False) -> BenchSettings:
         repeats = self.remeasure_repeats if remeasure else self.repeats
-        return BenchSettings(warmup=self.warmup, repeats=repeats, timeout_s=self.timeout_s)
+        return BenchSettings(
+            warmup=self.warmup,
+            repeats=repeats,
+            timeout_s=self.timeout_s,
+            target_s=self.target_ms / 1e3,
+            max_repeats=max(self.max_repeats, repeats),
+            graph=self.cuda_graph,
+            energy=energy,
+        )
 
 
 ShapeValue = int | list[int]

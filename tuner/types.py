@@ -103,6 +103,7 @@ class Measurement:
     flops: float = 0.0
     bytes_moved: float = 0.0
     max_rel_error: float = 0.0
+    energy_j: float = 0.0  # joules per call from the GPU's energy counter; 0 when not measured
 
     @property
     def median_s(self) -> float:
@@ -137,6 +138,7 @@ class Measurement:
             "gbytes_per_s": self.gbytes_per_s,
             "max_rel_error": self.max_rel_error,
             "repeats": float(len(self.times_s)),
+            **({"energy_j": self.energy_j} if self.energy_j > 0 else {}),
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -149,6 +151,7 @@ class Measurement:
             flops=data.get("flops", 0.0),
             bytes_moved=data.get("bytes_moved", 0.0),
             max_rel_error=data.get("max_rel_error", 0.0),
+            energy_j=data.get("energy_j", 0.0),
         )
 
 
@@ -170,13 +173,22 @@ class DeviceProfile:
     cores: int = 1
     l1_bytes: int = 0
     l2_bytes: int = 0
-    shared_mem_per_block: int = 0
+    shared_mem_per_block: int = 0  # on a GPU, the opt-in maximum a kernel may request
     max_threads_per_block: int = 0
+    registers_per_block: int = 0
     sm_count: int = 0
     compute_capability: tuple[int, int] | None = None
+    clock_mhz: int = 0
+    mem_clock_mhz: int = 0
+    power_limit_w: float = 0.0
     peak_flops: Mapping[str, float] = field(default_factory=dict)
     mem_bandwidth: float = 0.0
     extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def supports_fp8(self) -> bool:
+        """fp8 (e4m3/e5m2) tensor-core math starts with Ada and Hopper, compute capability 8.9."""
+        return self.compute_capability is not None and tuple(self.compute_capability) >= (8, 9)
 
     @property
     def slug(self) -> str:
@@ -189,3 +201,10 @@ class DeviceProfile:
         data["peak_flops"] = dict(self.peak_flops)
         data["extra"] = dict(self.extra)
         return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> DeviceProfile:
+        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if fields.get("compute_capability") is not None:
+            fields["compute_capability"] = tuple(fields["compute_capability"])
+        return cls(**fields)

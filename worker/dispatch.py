@@ -76,8 +76,14 @@ def submit(
         raise SpecError("budget.trials: service jobs need a trial budget (wall_time_s alone cannot be split)")
     if spec.budget.patience is not None:
         raise SpecError("budget.patience: early stop is local-only for now (`cotune tune`); drop it to submit")
-    check_broker(app)
     kernel = get_kernel(spec.kernel)
+    target = "cpu" if hardware == CPU_KIND else "cuda"
+    if target not in kernel.device_kinds:
+        raise SpecError(
+            f"kernel {spec.kernel} runs on {', '.join(kernel.device_kinds)}, not {hardware}: "
+            + ("submit with --hardware <gpu slug>, e.g. nvidia-h100-80gb-hbm3" if target == "cpu" else "--hardware cpu")
+        )
+    check_broker(app)
     space = kernel.space()
     problems = spec.expand()
     budget = min(spec.budget.trials, space.size)

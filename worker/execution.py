@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,9 +40,9 @@ class WorkerContext:
 
     @classmethod
     def open(cls, settings: ServiceSettings) -> WorkerContext:
-        return cls(
-            settings, JobStore(settings.storage), detect("cpu"), open_storage(settings.storage), CandidateRunner()
-        )
+        # `cotune worker --gpu N` sets COTUNE_DEVICE=cuda (and CUDA_VISIBLE_DEVICES=N) before the pool starts
+        device = detect(os.environ.get("COTUNE_DEVICE", "cpu"))
+        return cls(settings, JobStore(settings.storage), device, open_storage(settings.storage), CandidateRunner())
 
     def session(self, job_id: str, study: str) -> StudySession:
         key = (job_id, study)

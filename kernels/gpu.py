@@ -1,0 +1,127 @@
+"""What every GPU kernel's ``measure`` shares: the CUDA device, dtypes per precision, fp8 quantisation and
+the tolerance each precision is held to. Imports torch lazily so kernel classes stay importable anywhere."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from tuner.kernel import BenchSettings, CandidateError
+from tuner.types import DeviceProfile, FailureKind, Measurement, Precision
+
+if TYPE_CHECKING:
+    import torch
+
+# Max error relative to the reference's largest magnitude. fp32 is IEEE (no tf32); tf32 keeps 10 mantissa
+# bits; fp16/bf16 outputs are rounded to 11/8 bits; fp8 is compared with a reference computed from the
+# same quantised inputs, so only accumulation order and the bf16 output rounding remain.
+TOLERANCE: dict[Precision, float] = {
+    Precision.FP32: 1e-4,
+    Precision.TF32: 5e-3,
+    Precision.FP16: 1e-2,
+    Precision.BF16: 3e-2,
+    Precision.FP8: 3e-2,
+}
+
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+
+
+def cuda_device() -> torch.device:
+    """The current CUDA device, or a RUNTIME failure that says why there is none."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise CandidateError(FailureKind.RUNTIME, "this kernel needs an NVIDIA GPU; torch sees no CUDA device")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def input_dtype(precision: Precision) -> torch.dtype:
+    import torch
+
+    return {
+        Precision.FP32: torch.float32,
+        Precision.TF32: torch.float32,
+        Precision.FP16: torch.float16,
+        Precision.BF16: torch.bfloat16,
+        Precision.FP8: torch.float8_e4m3fn,
+    }[precision]
+
+
+def output_dtype(precision: Precision) -> torch.dtype:
+    """fp8 GEMMs write bf16, as the fp8 paths of vLLM and SGLang do; the rest write their input type."""
+    import torch
+
+    return torch.bfloat16 if precision is Precision.FP8 else input_dtype(precision)
+
+
+def quantize_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tensor scaled e4m3: returns (q, scale) with ``x ~= q.float() * scale``."""
+    import torch
+
+    scale = (x.abs().amax().float() / FP8_MAX).clamp(min=1e-12)
+    q = (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    return q, scale.reshape(1)
+
+
+def make_operand(shape: tuple[int, ...], precision: Precision, device: torch.device, seed: int) -> torch.Tensor:
+    """A random operand in the precision's input type (fp8 unscaled; use :func:`quantize_fp8` for scales)."""
+    import torch
+
+    gen = torch.Generator(device=device).manual_seed(seed)
+    x = torch.randn(shape, generator=gen, device=device, dtype=torch.float32)
+    return x if precision is Precision.FP8 else x.to(input_dtype(precision))
+
+
+def measure_on_gpu(
+    call: Callable[[], torch.Tensor],
+    reference: torch.Tensor,
+    *,
+    tolerance: float,
+    device: DeviceProfile,
+    bench: BenchSettings,
+    flops: float,
+    bytes_moved: float,
+) -> Measurement:
+    """Run once and check against ``reference``, then time (and optionally read energy) on the GPU.
+
+    A Triton compile error or a launch that asks for more resources than the device has is a COMPILE
+    failure; a CUDA error (illegal address, misaligned access, ...) poisons the CUDA context, so it is a
+    RUNTIME failure that also restarts the candidate process.
+    """
+    import torch
+
+    from kernels.gpu_timing import energy_per_call, time_gpu
+    from kernels.verify import check
+
+    try:
+        out = call()
+        torch.cuda.synchronize()
+        err = check(out.float().cpu().numpy(), reference.float().cpu().numpy(), tolerance)
+        times = time_gpu(call, device, bench)
+        energy = energy_per_call(call, sorted(times)[len(times) // 2]) if bench.energy else 0.0
+    except CandidateError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - classified below, never swallowed
+        raise _classify(exc) from exc
+    return Measurement(times, flops, bytes_moved, err, energy)
+
+
+def _classify(exc: Exception) -> CandidateError:
+    name = type(exc).__name__
+    text = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else name
+    if name in ("CompilationError", "OutOfResources", "PTXASError"):
+        return CandidateError(FailureKind.COMPILE, f"{name}: {text}")
+    if "CUDA" in text or "cuda" in name.lower() or "AcceleratorError" in name:
+        return CandidateError(FailureKind.RUNTIME, f"{name}: {text}", restart=True)
+    return CandidateError(FailureKind.RUNTIME, f"{name}: {text}")
+
+
+def triton_toolchain() -> dict[str, str]:
+    """Versions that decide what a Triton config compiles to: Triton, torch, and CUDA when present."""
+    import torch
+    import triton
+
+    out = {"triton": triton.__version__, "torch": torch.__version__}
+    if torch.version.cuda:
+        out["cuda"] = torch.version.cuda
+    return out

@@ -1,0 +1,147 @@
+"""``triton_matmul``: a tiled Triton matmul ``y = x @ W^T`` (a linear layer: x [M, K], W [N, K]) over
+BLOCK_M/N/K, GROUP_M, SPLIT_K, num_warps and num_stages, in fp32, tf32, fp16, bf16 and fp8 (e4m3 inputs
+with per-tensor scales, fp32 accumulate, bf16 out), checked against torch and timed on the GPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kernels.gpu import (
+    TOLERANCE,
+    cuda_device,
+    make_operand,
+    measure_on_gpu,
+    output_dtype,
+    quantize_fp8,
+    triton_toolchain,
+)
+from kernels.gpu_constraints import element_bytes, precision_supported, smem_fits, threads_fit
+from tuner.kernel import BenchSettings, Kernel
+from tuner.types import Config, DeviceProfile, Measurement, Precision, Problem
+
+JIT_SOURCE = Path(__file__).with_name("triton_jit") / "matmul.py"
+
+# The configs of Triton's matmul tutorial (python/tutorials/03-matrix-multiplication.py, CUDA list):
+# the baseline a hand-written autotune list gives, for the GPU benchmark and as known-good priors.
+TUTORIAL_CONFIGS: tuple[dict[str, int], ...] = tuple(
+    {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8, "SPLIT_K": 1, "num_stages": s, "num_warps": w}
+    for m, n, k, s, w in (
+        (128, 256, 64, 3, 8),
+        (64, 256, 32, 4, 4),
+        (128, 128, 32, 4, 4),
+        (128, 64, 32, 4, 4),
+        (64, 128, 32, 4, 4),
+        (128, 32, 32, 4, 4),
+        (64, 32, 32, 5, 2),
+        (32, 64, 32, 5, 2),
+        # the tutorial's fp8 entries
+        (128, 256, 128, 3, 8),
+        (256, 128, 128, 3, 8),
+        (256, 64, 128, 4, 4),
+        (64, 256, 128, 4, 4),
+        (128, 128, 128, 4, 4),
+        (128, 64, 64, 4, 4),
+        (64, 128, 64, 4, 4),
+        (128, 32, 64, 4, 4),
+    )
+)
+
+
+def smem_estimate(config: Config, precision: Precision) -> int:
+    """Shared memory of the software pipeline: one A and one B tile per stage.
+
+    Checked against Triton 3.9's compiled kernels for sm_80 and sm_90 (tests/test_triton_matmul.py): the
+    compiler allocates ``num_stages`` (Hopper) or ``num_stages - 1`` (Ampere) such buffers, so this is
+    exact or up to a stage too high, never low.
+    """
+    bm, bn, bk, stages = (int(config[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_stages"))
+    return stages * (bm * bk + bk * bn) * element_bytes(precision)
+
+
+def _smem_fits(config: Config, problem: Problem, device: DeviceProfile) -> str | None:
+    return smem_fits(smem_estimate(config, problem.dtype), device)
+
+
+def _fp8_block_k(config: Config, problem: Problem, device: DeviceProfile) -> str | None:
+    """fp8 tensor-core MMAs consume K in steps of 32."""
+    if problem.dtype is Precision.FP8 and int(config["BLOCK_K"]) < 32:
+        return f"fp8 needs BLOCK_K >= 32, got {config['BLOCK_K']}"
+    return None
+
+
+def _blocks_fit_problem(config: Config, problem: Problem, device: DeviceProfile) -> str | None:
+    """A block beyond the problem's next power of two computes only padding; a split needs K to work on."""
+    d = problem.dims
+    bm, bk, split = int(config["BLOCK_M"]), int(config["BLOCK_K"]), int(config["SPLIT_K"])
+    m_cover = max(16, 1 << (d["M"] - 1).bit_length())
+    if bm > m_cover:
+        return f"BLOCK_M {bm} > {m_cover}, the smallest power of two >= M={d['M']}"
+    if bk * split > max(d["K"], bk):
+        return f"BLOCK_K x SPLIT_K = {bk * split} > K={d['K']}"
+    return None
+
+
+class TritonMatmul(Kernel):
+    name = "triton_matmul"
+    description = "Triton tiled matmul x @ W^T (tiles, group order, split-K, warps, stages; fp32..fp8)"
+    shape_dims = ("M", "N", "K")
+    batch_dim = "M"
+    precisions = (Precision.FP32, Precision.TF32, Precision.FP16, Precision.BF16, Precision.FP8)
+    device_kinds = ("cuda",)
+    predicates = {
+        "threads_fit": threads_fit,
+        "precision_supported": precision_supported,
+        "smem_fits": _smem_fits,
+        "fp8_block_k": _fp8_block_k,
+        "blocks_fit_problem": _blocks_fit_problem,
+    }
+
+    def flops(self, problem: Problem) -> float:
+        d = problem.dims
+        return 2.0 * d["M"] * d["N"] * d["K"]
+
+    def bytes_moved(self, problem: Problem) -> float:
+        d = problem.dims
+        inp = element_bytes(problem.dtype)
+        out = 2 if problem.dtype is Precision.FP8 else inp
+        return inp * (d["M"] * d["K"] + d["N"] * d["K"]) + out * d["M"] * d["N"]
+
+    def source_files(self) -> tuple[Path, ...]:
+        return (Path(__file__), JIT_SOURCE)
+
+    def toolchain(self) -> dict[str, str]:
+        return triton_toolchain()
+
+    def measure(self, problem: Problem, config: Config, device: DeviceProfile, bench: BenchSettings) -> Measurement:
+        import torch
+
+        from kernels.triton_jit.matmul import matmul
+
+        dev = cuda_device()
+        d = problem.dims
+        p = problem.dtype
+        x = make_operand((d["M"], d["K"]), p, dev, seed=0)
+        w = make_operand((d["N"], d["K"]), p, dev, seed=1)
+        scales: dict[str, torch.Tensor] = {}
+        if p is Precision.FP8:
+            (x, sx), (w, sw) = quantize_fp8(x), quantize_fp8(w)
+            scales = {"scale_a": sx, "scale_b": sw}
+            reference = (x.float() * sx) @ (w.float() * sw).t()
+        else:
+            reference = x.float() @ w.float().t()  # torch keeps tf32 off for fp32 matmuls by default
+        params = {k: int(v) for k, v in config.values.items()}
+        out = output_dtype(p)
+        tf32 = p is Precision.TF32
+
+        def call() -> torch.Tensor:
+            return matmul(x, w.t(), params, out_dtype=out, tf32=tf32, **scales)
+
+        return measure_on_gpu(
+            call,
+            reference,
+            tolerance=TOLERANCE[p],
+            device=device,
+            bench=bench,
+            flops=self.flops(problem),
+            bytes_moved=self.bytes_moved(problem),
+        )
