@@ -14,6 +14,7 @@ KERNELS: dict[str, str] = {
     "c_matmul": "kernels.c_matmul.kernel:CMatmul",
     "triton_matmul": "kernels.triton_matmul:TritonMatmul",
     "cuda_gemm": "kernels.cuda_gemm.kernel:CudaGemm",
+    "triton_moe": "kernels.triton_moe:TritonMoE",
     "torch_linear": "kernels.torch_linear:TorchLinear",
     "noop": "kernels.noop:Noop",
 }
