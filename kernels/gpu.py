@@ -81,8 +81,12 @@ def measure_on_gpu(
     bench: BenchSettings,
     flops: float,
     bytes_moved: float,
+    fp32_reference: torch.Tensor | None = None,
 ) -> Measurement:
     """Run once and check against ``reference``, then time (and optionally read energy) on the GPU.
+
+    ``fp32_reference``, computed from the inputs before they were rounded to the precision, gives the
+    error a job's accuracy bound is held to when ``reference`` is not that (fp8, bf16 inputs).
 
     A Triton compile error or a launch that asks for more resources than the device has is a COMPILE
     failure; a CUDA error (illegal address, misaligned access, ...) poisons the CUDA context, so it is a
@@ -91,19 +95,22 @@ def measure_on_gpu(
     import torch
 
     from kernels.gpu_timing import energy_per_call, time_gpu
-    from kernels.verify import check
+    from kernels.verify import check, max_rel_error
 
     try:
         out = call()
         torch.cuda.synchronize()
         err = check(out.float().cpu().numpy(), reference.float().cpu().numpy(), tolerance)
+        fp32_err = None
+        if fp32_reference is not None:
+            fp32_err = max_rel_error(out.float().cpu().numpy(), fp32_reference.float().cpu().numpy())
         times = time_gpu(call, device, bench)
         energy = energy_per_call(call, sorted(times)[len(times) // 2]) if bench.energy else 0.0
     except CandidateError:
         raise
     except Exception as exc:  # noqa: BLE001 - classified below, never swallowed
         raise _classify(exc) from exc
-    return Measurement(times, flops, bytes_moved, err, energy)
+    return Measurement(times, flops, bytes_moved, err, energy, fp32_err)
 
 
 def _classify(exc: Exception) -> CandidateError:

@@ -9,6 +9,7 @@ from pathlib import Path
 from kernels.gpu import (
     TOLERANCE,
     cuda_device,
+    input_dtype,
     make_operand,
     measure_on_gpu,
     output_dtype,
@@ -113,22 +114,24 @@ class TritonMatmul(Kernel):
         return triton_toolchain()
 
     def measure(self, problem: Problem, config: Config, device: DeviceProfile, bench: BenchSettings) -> Measurement:
+        dev = cuda_device()  # before importing Triton: no GPU is a clear failure, not a driver error
         import torch
 
         from kernels.triton_jit.matmul import matmul
 
-        dev = cuda_device()
         d = problem.dims
         p = problem.dtype
-        x = make_operand((d["M"], d["K"]), p, dev, seed=0)
-        w = make_operand((d["N"], d["K"]), p, dev, seed=1)
+        x32 = make_operand((d["M"], d["K"]), Precision.FP32, dev, seed=0)
+        w32 = make_operand((d["N"], d["K"]), Precision.FP32, dev, seed=1)
+        fp32_reference = x32 @ w32.t()  # torch keeps tf32 off for fp32 matmuls by default
         scales: dict[str, torch.Tensor] = {}
         if p is Precision.FP8:
-            (x, sx), (w, sw) = quantize_fp8(x), quantize_fp8(w)
+            (x, sx), (w, sw) = quantize_fp8(x32), quantize_fp8(w32)
             scales = {"scale_a": sx, "scale_b": sw}
             reference = (x.float() * sx) @ (w.float() * sw).t()
         else:
-            reference = x.float() @ w.float().t()  # torch keeps tf32 off for fp32 matmuls by default
+            x, w = x32.to(input_dtype(p)), w32.to(input_dtype(p))
+            reference = x.float() @ w.float().t()
         params = {k: int(v) for k, v in config.values.items()}
         out = output_dtype(p)
         tf32 = p is Precision.TF32
@@ -144,4 +147,5 @@ class TritonMatmul(Kernel):
             bench=bench,
             flops=self.flops(problem),
             bytes_moved=self.bytes_moved(problem),
+            fp32_reference=fp32_reference,
         )

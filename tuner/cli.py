@@ -116,6 +116,8 @@ def tune(
     out.print(table)
     for o in outcomes:
         out.print(f"best {o.problem.key}: {_fmt_config(o.best.config.values) if o.best else '-'}", highlight=False)
+    if job.accuracy_bound is not None:
+        _print_precision_choice(job.accuracy_bound, outcomes)
     if tracker.experiment_id:
         out.print(
             f"MLflow runs: mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}  "
@@ -123,6 +125,18 @@ def tune(
         )
     if export:
         _write_export(settings.storage, job.name, export)
+
+
+def _print_precision_choice(bound: float, outcomes: list[Any]) -> None:
+    from tuner.precision_choice import choose
+
+    for c in choose([(o.problem, o.best.remeasured) for o in outcomes if o.best], bound):
+        shape = ",".join(f"{k}={v}" for k, v in c.shape.items())
+        ranked = ", ".join(
+            f"{o.precision} {_fmt_time(o.time_s)} err {o.error:.1e}{'' if o.within_bound else ' (over)'}"
+            for o in c.options
+        )
+        out.print(f"precision for {c.kernel}:{shape} (error <= {bound:g}): {c.chosen or 'none'}; {ranked}")
 
 
 @app.command()

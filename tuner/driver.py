@@ -137,6 +137,7 @@ class StudySession:
             "source_hash": kernel.source_hash,
             "toolchain": kernel.toolchain(),
             "objective": spec.objective.value,
+            "accuracy_bound": spec.accuracy_bound,
         }
         existing = self.study.user_attrs
         for key, value in attrs.items():

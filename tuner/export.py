@@ -9,8 +9,10 @@ from typing import Any
 
 from tuner import __version__
 from tuner.errors import NotFoundError
+from tuner.precision_choice import choose
 from tuner.registry import get_kernel
 from tuner.storage import open_storage
+from tuner.types import Measurement, Problem
 
 SCHEMA_VERSION = 1
 
@@ -28,16 +30,17 @@ def job_studies(storage_url: str, job: str) -> list[Any]:
 
 def build_export(storage_url: str, job: str) -> dict[str, Any]:
     entries = []
-    for s in job_studies(storage_url, job):
+    winners: list[tuple[Problem, Measurement]] = []
+    studies = job_studies(storage_url, job)
+    for s in studies:
         attrs = s.user_attrs
         best = attrs.get("best")
         if not best:
             continue
         problem = attrs["problem"]
         remeasured = best["remeasured"]
-        from tuner.types import Measurement
-
         m = Measurement.from_json(remeasured)
+        winners.append((Problem.from_json(problem), m))
         entries.append(
             {
                 "kernel": problem["kernel"],
@@ -58,13 +61,17 @@ def build_export(storage_url: str, job: str) -> dict[str, Any]:
         )
     if not entries:
         raise NotFoundError(f"job {job!r} has no finished study with a best config yet")
-    return {
+    data = {
         "schema_version": SCHEMA_VERSION,
         "generator": f"cotune {__version__}",
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "job": job,
         "entries": entries,
     }
+    bounds = {s.user_attrs.get("accuracy_bound") for s in studies} - {None}
+    if bounds:  # one job has one bound; max() only guards a study re-labelled by hand
+        data["precision_choice"] = [c.to_json() for c in choose(winners, max(bounds))]
+    return data
 
 
 def write_export(data: dict[str, Any], path: Path) -> None:

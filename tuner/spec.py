@@ -69,6 +69,11 @@ class JobSpec(_Strict):
     problems: list[dict[str, ShapeValue]] = Field(min_length=1)
     precisions: list[Precision] = [Precision.FP32]
     objective: Objective = Objective.MIN_TIME
+    accuracy_bound: float | None = Field(
+        default=None,
+        gt=0,
+        description="max relative error against fp32 a precision may have; the fastest precision within it wins",
+    )
     budget: Budget
     sampler: SamplerSpec = SamplerSpec()
     top_k: int = Field(default=3, ge=1)

@@ -104,6 +104,9 @@ class Measurement:
     bytes_moved: float = 0.0
     max_rel_error: float = 0.0
     energy_j: float = 0.0  # joules per call from the GPU's energy counter; 0 when not measured
+    # Error against an fp32 computation on the unrounded inputs, where the kernel's own check uses another
+    # reference (fp8 is checked against the same quantised inputs); None: max_rel_error already is that.
+    fp32_error: float | None = None
 
     @property
     def median_s(self) -> float:
@@ -122,6 +125,11 @@ class Measurement:
         return (q3 - q1) / self.median_s
 
     @property
+    def accuracy_error(self) -> float:
+        """Max relative error against fp32: what a job's accuracy bound is compared with."""
+        return self.max_rel_error if self.fp32_error is None else self.fp32_error
+
+    @property
     def gflops(self) -> float:
         return self.flops / self.median_s / 1e9 if self.median_s > 0 else 0.0
 
@@ -137,6 +145,7 @@ class Measurement:
             "gflops": self.gflops,
             "gbytes_per_s": self.gbytes_per_s,
             "max_rel_error": self.max_rel_error,
+            "fp32_error": self.accuracy_error,
             "repeats": float(len(self.times_s)),
             **({"energy_j": self.energy_j} if self.energy_j > 0 else {}),
         }
@@ -152,6 +161,7 @@ class Measurement:
             bytes_moved=data.get("bytes_moved", 0.0),
             max_rel_error=data.get("max_rel_error", 0.0),
             energy_j=data.get("energy_j", 0.0),
+            fp32_error=data.get("fp32_error"),
         )
 
 
