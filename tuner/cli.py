@@ -102,7 +102,8 @@ def tune(
         outcomes = tune_job(job, settings.storage, device, tracker, on_progress)
     # Configs go under the table, one line each: as a column they wrap into unreadable cells at 80 columns.
     table = Table(title=f"{job.name}: re-measured winners")
-    for col in ("problem", "ok/fail/pruned", "time", "GFLOP/s", "spread"):
+    energy = job.objective.uses_energy
+    for col in ("problem", "ok/fail/pruned", "time", "GFLOP/s", "spread", *(("J/call",) if energy else ())):
         table.add_column(col, no_wrap=col != "problem")
     for o in outcomes:
         b = o.best
@@ -112,6 +113,7 @@ def tune(
             _fmt_time(b.remeasured.median_s) if b else "-",
             f"{b.remeasured.gflops:.1f}" if b else "-",
             f"{b.remeasured.spread:.1%}" if b else "-",
+            *((f"{b.remeasured.energy_j:.3g}" if b else "-",) if energy else ()),
         )
     out.print(table)
     for o in outcomes:
@@ -297,7 +299,9 @@ def _fmt_time(seconds: float) -> str:
 
 
 def _fmt_value(value: float, objective: str) -> str:
-    return _fmt_time(value) if objective == "min_time" else f"{value:.1f} GFLOP/s"
+    if objective == "max_throughput":
+        return f"{value:.1f} GFLOP/s"
+    return f"{value:.3g} J" if objective == "min_energy" else _fmt_time(value)
 
 
 for _command in (

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tuner.isolation import CandidateRunner
 from tuner.kernel import Kernel
-from tuner.objective import TrialObjective, TrialResult, direction, score
+from tuner.objective import TrialObjective, TrialResult, directions, primary, score
+from tuner.pareto import front, front_json, select
 from tuner.registry import get_kernel
 from tuner.samplers import make_sampler
 from tuner.space import SearchSpace, load_space
@@ -114,14 +115,19 @@ class StudySession:
         feasible = space.feasible_points(problem, device) if space.size <= SPACE_ENUMERATION_LIMIT else None
         self._feasible_count = None if feasible is None else len(feasible)
         sampler = make_sampler(
-            spec.sampler.name,
+            # the cotune sampler models one objective; Optuna's TPE handles a Pareto front
+            "tpe" if spec.objective.multi and spec.sampler.name == "cotune" else spec.sampler.name,
             spec.sampler.seed,
             parallel=parallel,
             candidates=None if feasible is None else [c.values for c in feasible],
             distributions=self._distributions,
         )
         self.study = optuna.create_study(
-            storage=storage, study_name=name, direction=direction(spec.objective), sampler=sampler, load_if_exists=True
+            storage=storage,
+            study_name=name,
+            directions=directions(spec.objective),
+            sampler=sampler,
+            load_if_exists=True,
         )
         tags = {
             "cotune.source_hash": kernel.source_hash,
@@ -143,7 +149,8 @@ class StudySession:
         for key, value in attrs.items():
             if existing.get(key) != value:  # each write is a transaction on a shared storage
                 self.study.set_user_attr(key, value)
-        self.objective = TrialObjective(space, problem, device, runner, spec.bench.settings())
+        bench = spec.bench.settings(energy=spec.objective.uses_energy)
+        self.objective = TrialObjective(space, problem, device, runner, bench)
         self.refresh()
 
     def refresh(self, asked: int | None = None) -> None:
@@ -196,7 +203,7 @@ class StudySession:
                 trial.number,
                 config,
                 result.status,
-                score(result.measurement, self.spec.objective) if result.measurement else None,
+                primary(result.measurement, self.spec.objective) if result.measurement else None,
                 result.measurement,
                 result.reason,
                 result.duplicate_of,
@@ -214,7 +221,13 @@ class StudySession:
         return None
 
     def finish(self) -> BestLog | None:
-        best = _remeasure_top_k(self.study, self.objective, self.spec)
+        if self.spec.objective.multi:
+            pareto = front(_remeasure(_front_trials(self.study), self.objective, self.spec))
+            best = select(pareto, self.spec.selection.policy, self.spec.selection.energy_slack)
+            self.study.set_user_attr("pareto_front", front_json(pareto))
+        else:
+            best = _remeasure(_top_k_trials(self.study, self.spec), self.objective, self.spec)
+            best = min(best, key=lambda b: _rank(b.remeasured, self.spec.objective), default=None)
         if best is not None:
             self.study.set_user_attr(
                 "best",
@@ -277,7 +290,7 @@ def _tune_problem(session: StudySession, on_progress) -> StudyOutcome:
     spec = session.spec
     deadline = time.monotonic() + spec.budget.wall_time_s if spec.budget.wall_time_s else None
     stall = (
-        StallDetector(spec.budget.patience, minimize=spec.objective is Objective.MIN_TIME)
+        StallDetector(spec.budget.patience, minimize=spec.objective is not Objective.MAX_THROUGHPUT)
         if spec.budget.patience
         else None
     )
@@ -344,45 +357,50 @@ def _record(t) -> dict:
 
 
 def _best_value(study) -> float | None:
+    if len(study.directions) > 1:
+        return None  # a Pareto front has no single best value
     try:
         return study.best_value
     except ValueError:
         return None
 
 
-def _remeasure_top_k(study, objective: TrialObjective, spec: JobSpec) -> BestLog | None:
-    """Measure the k best distinct configs again with more repeats; the winner is picked from those."""
+def _distinct(trials) -> list:
+    seen: set[str] = set()
+    out = []
+    for t in trials:
+        key = Config.make(t.params).key
+        if key not in seen and "duplicate_of" not in _record(t):
+            seen.add(key)
+            out.append(t)
+    return out
+
+
+def _top_k_trials(study, spec: JobSpec) -> list:
     from optuna.trial import TrialState
 
-    complete = [
-        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "duplicate_of" not in _record(t)
-    ]
+    complete = list(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     complete.sort(key=lambda t: t.value, reverse=spec.objective is Objective.MAX_THROUGHPUT)
-    seen: set[str] = set()
-    candidates = []
-    for t in complete:
-        key = Config.make(t.params).key
-        if key not in seen:
-            seen.add(key)
-            candidates.append(t)
-        if len(candidates) == spec.top_k:
-            break
-    best: BestLog | None = None
-    for t in candidates:
+    return _distinct(complete)[: spec.top_k]
+
+
+def _front_trials(study) -> list:
+    """The tuned Pareto front; re-measuring may reorder it, so the whole front is measured again."""
+    return _distinct(sorted(study.best_trials, key=lambda t: t.values))
+
+
+def _remeasure(trials, objective: TrialObjective, spec: JobSpec) -> list[BestLog]:
+    """Measure configs again with more repeats; the winner is picked from these, not from tuning noise."""
+    out = []
+    for t in trials:
         config = Config.make(t.params)
-        result = objective.measure(config, spec.bench.settings(remeasure=True))
-        if result.measurement is None:
-            continue
-        tuned = Measurement.from_json(_record(t)["measurement"])
-        candidate = BestLog(t.number, config, tuned, result.measurement)
-        if best is None or _better(candidate.remeasured, best.remeasured, spec.objective):
-            best = candidate
-    return best
+        result = objective.measure(config, replace(objective.bench, repeats=spec.bench.remeasure_repeats))
+        if result.measurement is not None:
+            tuned = Measurement.from_json(_record(t)["measurement"])
+            out.append(BestLog(t.number, config, tuned, result.measurement))
+    return out
 
 
-def _better(a: Measurement, b: Measurement, objective: Objective) -> bool:
-    return (
-        score(a, objective) < score(b, objective)
-        if objective is Objective.MIN_TIME
-        else (score(a, objective) > score(b, objective))
-    )
+def _rank(m: Measurement, objective: Objective) -> float:
+    value = primary(m, objective)
+    return -value if objective is Objective.MAX_THROUGHPUT else value

@@ -143,6 +143,8 @@ class MlflowTracker:
                         indent=2,
                     )
                 )
+            if "pareto_front" in study.user_attrs:
+                (out / "pareto_front.json").write_text(json.dumps(study.user_attrs["pareto_front"], indent=2))
             study.trials_dataframe().to_csv(out / "trials.csv", index=False)
             _plots(study, out)
             # Parameters are immutable in MLflow; a resumed study may already hold best.* params.
@@ -171,10 +173,14 @@ def _plots(study: optuna.Study, out: Path) -> None:
 
     if not any(t.state == TrialState.COMPLETE for t in study.trials):
         return
-    for name, plot in (
-        ("optimization_history.png", ovm.plot_optimization_history),
-        ("parallel_coordinate.png", ovm.plot_parallel_coordinate),
-    ):
+    if len(study.directions) > 1:
+        plots = (("pareto_front.png", lambda s: ovm.plot_pareto_front(s, target_names=["time_s", "energy_j"])),)
+    else:
+        plots = (
+            ("optimization_history.png", ovm.plot_optimization_history),
+            ("parallel_coordinate.png", ovm.plot_parallel_coordinate),
+        )
+    for name, plot in plots:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             ax = plot(study)

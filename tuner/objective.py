@@ -39,13 +39,27 @@ class TrialResult:
         return str(self.failure) if self.failure else None
 
 
-def direction(objective: Objective) -> str:
-    return "minimize" if objective is Objective.MIN_TIME else "maximize"
+def directions(objective: Objective) -> list[str]:
+    if objective is Objective.TIME_AND_ENERGY:
+        return ["minimize", "minimize"]
+    return ["maximize" if objective is Objective.MAX_THROUGHPUT else "minimize"]
 
 
-def score(measurement: Measurement, objective: Objective) -> float:
-    """The value told to Optuna: seconds (minimise) or GFLOP/s (maximise)."""
-    return measurement.median_s if objective is Objective.MIN_TIME else measurement.gflops
+def score(measurement: Measurement, objective: Objective) -> float | list[float]:
+    """The value(s) told to Optuna: seconds, GFLOP/s, joules per call, or [seconds, joules]."""
+    if objective is Objective.MAX_THROUGHPUT:
+        return measurement.gflops
+    if objective is Objective.MIN_ENERGY:
+        return measurement.energy_j
+    if objective is Objective.TIME_AND_ENERGY:
+        return [measurement.median_s, measurement.energy_j]
+    return measurement.median_s
+
+
+def primary(measurement: Measurement, objective: Objective) -> float:
+    """One number to show and compare: the score, or its time for a time-and-energy study."""
+    value = score(measurement, objective)
+    return value[0] if isinstance(value, list) else value
 
 
 class TrialObjective:
@@ -96,6 +110,8 @@ class TrialObjective:
         start = time.perf_counter()
         out = self.runner.run(Request(self.problem, config, self.device, bench))
         elapsed = time.perf_counter() - start
+        if isinstance(out, Measurement) and bench.energy and out.energy_j <= 0:
+            out = Failure(FailureKind.RUNTIME, "the objective needs energy, and this measurement has no energy reading")
         if isinstance(out, Failure):
             return TrialResult(config, TrialStatus.FAIL, failure=out, duration_s=elapsed)
         return TrialResult(config, TrialStatus.OK, measurement=out, duration_s=elapsed)

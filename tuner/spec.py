@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tuner.errors import CotuneError, SpecError
 from tuner.kernel import BenchSettings
+from tuner.pareto import Policy
 from tuner.registry import get_kernel
 from tuner.types import Objective, Precision, Problem
 from tuner.yaml_lines import describe, load_yaml, load_yaml_file
@@ -47,17 +48,25 @@ class BenchSpec(_Strict):
     max_repeats: int = Field(default=1000, ge=1)
     cuda_graph: bool = Field(default=False, description="GPU: time calls replayed from a CUDA graph")
 
-    def settings(self, *, remeasure: bool = False, energy: bool = False) -> BenchSettings:
-        repeats = self.remeasure_repeats if remeasure else self.repeats
+    def settings(self, *, energy: bool = False) -> BenchSettings:
         return BenchSettings(
             warmup=self.warmup,
-            repeats=repeats,
+            repeats=self.repeats,
             timeout_s=self.timeout_s,
             target_s=self.target_ms / 1e3,
-            max_repeats=max(self.max_repeats, repeats),
+            max_repeats=max(self.max_repeats, self.repeats, self.remeasure_repeats),
             graph=self.cuda_graph,
             energy=energy,
         )
+
+
+class SelectionSpec(_Strict):
+    """Which config of a time-and-energy Pareto front is exported."""
+
+    policy: Policy = Policy.FASTEST
+    energy_slack: float = Field(
+        default=0.1, ge=0, description="fastest_within_energy: energy at most (1 + slack) x the front's lowest"
+    )
 
 
 ShapeValue = int | list[int]
@@ -75,6 +84,7 @@ class JobSpec(_Strict):
         description="max relative error against fp32 a precision may have; the fastest precision within it wins",
     )
     budget: Budget
+    selection: SelectionSpec = SelectionSpec()
     sampler: SamplerSpec = SamplerSpec()
     top_k: int = Field(default=3, ge=1)
     bench: BenchSpec = BenchSpec()
@@ -113,6 +123,15 @@ class JobSpec(_Strict):
                     + (f"; missing {', '.join(sorted(missing))}" if missing else "")
                     + (f"; unknown {', '.join(sorted(extra))}" if extra else "")
                 )
+        if self.objective.uses_energy and "cuda" not in kernel.device_kinds:
+            raise ValueError(
+                f"objective {self.objective.value} needs energy readings (NVML), which only GPU kernels take; "
+                f"{self.kernel} runs on {', '.join(kernel.device_kinds)}"
+            )
+        if self.objective.multi and self.budget.patience is not None:
+            raise ValueError("budget.patience: early stop follows one objective; drop it for time_and_energy")
+        if self.selection != SelectionSpec() and not self.objective.multi:
+            raise ValueError("selection: a policy picks from a Pareto front; set objective: time_and_energy")
         bad = [p.value for p in self.precisions if p not in kernel.precisions]
         if bad:
             raise ValueError(

@@ -23,6 +23,16 @@ class Precision(enum.StrEnum):
 class Objective(enum.StrEnum):
     MIN_TIME = "min_time"
     MAX_THROUGHPUT = "max_throughput"
+    MIN_ENERGY = "min_energy"  # joules per call (GPU energy counter)
+    TIME_AND_ENERGY = "time_and_energy"  # both: an Optuna multi-objective study, a Pareto front
+
+    @property
+    def uses_energy(self) -> bool:
+        return self in (Objective.MIN_ENERGY, Objective.TIME_AND_ENERGY)
+
+    @property
+    def multi(self) -> bool:
+        return self is Objective.TIME_AND_ENERGY
 
 
 class TrialStatus(enum.StrEnum):

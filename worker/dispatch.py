@@ -106,12 +106,14 @@ def _create_studies(storage_url: str, names: list[str], spec: JobSpec) -> None:
     """Create the Optuna studies up front, so the reaper and ``status`` find them before any trial runs."""
     import optuna
 
-    from tuner.objective import direction
+    from tuner.objective import directions
     from tuner.storage import open_storage
 
     storage = open_storage(storage_url)
     for name in names:
-        optuna.create_study(storage=storage, study_name=name, direction=direction(spec.objective), load_if_exists=True)
+        optuna.create_study(
+            storage=storage, study_name=name, directions=directions(spec.objective), load_if_exists=True
+        )
 
 
 def _open_parent_runs(spec, kernel, space, problems, hardware: str, uri: str, job_id: str) -> dict[str, str]:
