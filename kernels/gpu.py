@@ -113,6 +113,12 @@ def measure_on_gpu(
     return Measurement(times, flops, bytes_moved, err, energy, fp32_err)
 
 
+def compile_failure(exc: Exception) -> CandidateError:
+    """A compiler exception as this config's COMPILE failure (first line of the message)."""
+    text = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else ""
+    return CandidateError(FailureKind.COMPILE, f"{type(exc).__name__}: {text}")
+
+
 def _classify(exc: Exception) -> CandidateError:
     name = type(exc).__name__
     text = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else name

@@ -113,6 +113,23 @@ class TritonMatmul(Kernel):
     def toolchain(self) -> dict[str, str]:
         return triton_toolchain()
 
+    precompiles = True
+
+    def precompile(self, problem: Problem, config: Config, device: DeviceProfile) -> None:
+        cuda_device()  # Triton compiles for the GPU this process sees
+        from kernels.gpu import compile_failure
+        from kernels.triton_jit.matmul import warmup
+
+        d, p = problem.dims, problem.dtype
+        params = {k: int(v) for k, v in config.values.items()}
+        try:
+            warmup(
+                d["M"], d["N"], d["K"], input_dtype(p), output_dtype(p), params,
+                tf32=p is Precision.TF32, scaled=p is Precision.FP8,
+            )  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - every compiler error is this config's COMPILE failure
+            raise compile_failure(exc) from exc
+
     def measure(self, problem: Problem, config: Config, device: DeviceProfile, bench: BenchSettings) -> Measurement:
         dev = cuda_device()  # before importing Triton: no GPU is a clear failure, not a driver error
         import torch

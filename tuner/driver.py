@@ -7,13 +7,16 @@ Studies are resumable: running the same job again continues each study up to its
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
 from tuner.isolation import CandidateRunner
 from tuner.kernel import Kernel
 from tuner.objective import TrialObjective, TrialResult, directions, primary, score
 from tuner.pareto import front, front_json, select
+from tuner.precompile import Precompiler
 from tuner.registry import get_kernel
 from tuner.samplers import make_sampler
 from tuner.space import SearchSpace, load_space
@@ -151,6 +154,8 @@ class StudySession:
                 self.study.set_user_attr(key, value)
         bench = spec.bench.settings(energy=spec.objective.uses_energy)
         self.objective = TrialObjective(space, problem, device, runner, bench)
+        self.precompiler: Precompiler | None = None
+        self._ahead: deque = deque()  # trials asked ahead, their configs compiling in the precompiler
         self.refresh()
 
     def refresh(self, asked: int | None = None) -> None:
@@ -187,15 +192,20 @@ class StudySession:
 
     def step(self, on_measure: Callable[[int], None] | None = None) -> TrialResult:
         """Ask one trial, screen it, measure it if needed, record and tell it."""
-        trial = self.study.ask(self._distributions)
+        trial = self._ahead.popleft() if self._ahead else self.study.ask(self._distributions)
         config = Config.make(trial.params)
         if self.parallel:
             self.refresh(asked=trial.number)
+        self._ask_ahead()
         result = self.objective.screen(config)
         if result is None:
             if on_measure is not None:
                 on_measure(trial.number)
-            result = self.objective.measure(config, self.objective.bench)
+            failure = self.precompiler.result(config, self.objective.bench.timeout_s) if self.precompiler else None
+            if failure is not None:
+                result = TrialResult(config, TrialStatus.FAIL, failure=failure)
+            else:
+                result = self.objective.measure(config, self.objective.bench)
         _tell(self.study, trial, result, self.spec.objective)
         self.objective.remember(trial.number, result)
         self.tracker.log_trial(
@@ -211,6 +221,27 @@ class StudySession:
             )
         )
         return result
+
+    def _ask_ahead(self) -> None:
+        """Keep as many trials asked as the precompiler has processes, their configs compiling meanwhile."""
+        if self.precompiler is None:
+            return
+        while len(self._ahead) < self.precompiler.workers:
+            trial = self.study.ask(self._distributions)
+            config = Config.make(trial.params)
+            if self.objective.screen(config) is None:
+                self.precompiler.submit(self.problem, config, self.device)
+            self._ahead.append(trial)
+
+    def drop_ahead(self) -> None:
+        """Close trials asked ahead that the study stopped before measuring. Told PRUNED with no cotune
+        record, so they count as no evaluation and a resumed study may propose their configs again."""
+        from optuna.trial import TrialState
+
+        while self._ahead:
+            trial = self._ahead.popleft()
+            trial.set_user_attr("not_measured", "asked ahead for compilation; the study stopped first")
+            self.study.tell(trial, state=TrialState.PRUNED)
 
     def step_until_measured(self, on_measure: Callable[[int], None] | None = None) -> TrialResult | None:
         """Step until one new config was measured; None when the space yields nothing new."""
@@ -286,6 +317,28 @@ def fail_lost_trial(study, number: int, reason: str) -> None:
 
 
 def _tune_problem(session: StudySession, on_progress) -> StudyOutcome:
+    workers = session.spec.bench.compile_workers if session.kernel.precompiles else 0
+    with Precompiler(workers) if workers else nullcontext() as precompiler:
+        session.precompiler = precompiler
+        try:
+            _search(session, on_progress)
+        finally:
+            session.drop_ahead()
+            session.precompiler = None
+    best = session.finish()
+    counts = session.counts()
+    return StudyOutcome(
+        session.problem,
+        session.name,
+        counts[TrialStatus.OK],
+        counts[TrialStatus.FAIL],
+        counts[TrialStatus.PRUNED],
+        best,
+        session.run_id,
+    )
+
+
+def _search(session: StudySession, on_progress) -> None:
     budget = session.feasible_budget()
     spec = session.spec
     deadline = time.monotonic() + spec.budget.wall_time_s if spec.budget.wall_time_s else None
@@ -306,17 +359,6 @@ def _tune_problem(session: StudySession, on_progress) -> StudyOutcome:
             on_progress(
                 Progress(session.problem, session.objective.measured, budget, _best_value(session.study), result)
             )
-    best = session.finish()
-    counts = session.counts()
-    return StudyOutcome(
-        session.problem,
-        session.name,
-        counts[TrialStatus.OK],
-        counts[TrialStatus.FAIL],
-        counts[TrialStatus.PRUNED],
-        best,
-        session.run_id,
-    )
 
 
 def _tell(study, trial, result: TrialResult, objective: Objective) -> None:

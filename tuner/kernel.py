@@ -62,6 +62,7 @@ class Kernel(ABC):
     precisions: ClassVar[tuple[Precision, ...]]
     device_kinds: ClassVar[tuple[str, ...]] = ("cpu",)
     predicates: ClassVar[Mapping[str, Predicate]] = {}
+    precompiles: ClassVar[bool] = False  # whether :meth:`precompile` does anything worth a compile pool
 
     @abstractmethod
     def flops(self, problem: Problem) -> float: ...
@@ -80,6 +81,12 @@ class Kernel(ABC):
     @abstractmethod
     def measure(self, problem: Problem, config: Config, device: DeviceProfile, bench: BenchSettings) -> Measurement:
         """Build, verify against the reference, then time. Raise :class:`CandidateError` on failure."""
+
+    def precompile(self, problem: Problem, config: Config, device: DeviceProfile) -> None:
+        """Compile a config into the compiler's cache ahead of :meth:`measure`, in a separate process, so the
+        GPU is not idle while the next candidate compiles. Raise :class:`CandidateError` for a config that
+        does not compile. Kernels that compile nothing ahead keep this no-op."""
+        return None
 
     @cached_property
     def source_hash(self) -> str:

@@ -47,6 +47,9 @@ class BenchSpec(_Strict):
     target_ms: float = Field(default=100.0, gt=0, description="GPU: kernel time to spend on timed repeats")
     max_repeats: int = Field(default=1000, ge=1)
     cuda_graph: bool = Field(default=False, description="GPU: time calls replayed from a CUDA graph")
+    compile_workers: int = Field(
+        default=2, ge=0, le=64, description="processes compiling upcoming candidates while one is timed (0: off)"
+    )
 
     def settings(self, *, energy: bool = False) -> BenchSettings:
         return BenchSettings(

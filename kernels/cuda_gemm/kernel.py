@@ -107,6 +107,13 @@ class CudaGemm(Kernel):
             out["nvrtc"] = "not available"
         return out
 
+    precompiles = True
+
+    def precompile(self, problem: Problem, config: Config, device: DeviceProfile) -> None:
+        """NVRTC needs no GPU: the cubin lands in the disk cache that :meth:`measure` reads."""
+        if device.compute_capability is not None:
+            compile_gemm(config, problem.dtype, arch_of(tuple(device.compute_capability)))
+
     def measure(self, problem: Problem, config: Config, device: DeviceProfile, bench: BenchSettings) -> Measurement:
         gpu = cuda_device()  # a RUNTIME failure, saying why, when there is no GPU
         import torch

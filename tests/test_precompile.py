@@ -1,0 +1,79 @@
+"""Compiling ahead: a pool compiles the next candidates into the compiler's cache while one is timed."""
+
+from __future__ import annotations
+
+from kernels.c_matmul.kernel import CMatmul
+from kernels.cuda_gemm.compile import arch_of, compile_gemm
+from tuner.device import recorded_profile
+from tuner.driver import tune_job
+from tuner.precompile import Precompiler
+from tuner.spec import parse_spec
+from tuner.tracker import NullTracker
+from tuner.types import Config, FailureKind, Problem
+
+H100 = recorded_profile("NVIDIA H100 80GB HBM3")
+GEMM = Problem.make("cuda_gemm", {"M": 256, "N": 256, "K": 256}, "fp32")
+
+
+def _gemm(bm: int, tm: int = 4) -> Config:
+    return Config.make({"BM": bm, "BN": 64, "BK": 16, "TM": tm, "TN": 4})
+
+
+def test_pool_fills_the_nvrtc_cache_the_timing_process_reads(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # a fresh cotune-build cache, for the pool processes too
+    configs = [_gemm(32), _gemm(64)]
+    with Precompiler(2) as pool:
+        for c in configs:
+            pool.submit(GEMM, c, H100)
+        assert [pool.result(c, timeout_s=120) for c in configs] == [None, None]
+    for c in configs:
+        assert compile_gemm(c, GEMM.dtype, arch_of((9, 0)), cache_dir=tmp_path / "cotune-build").cached
+
+
+def test_a_config_that_does_not_compile_fails_in_the_pool_with_the_compiler_message(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    # 16x64 tile, 1x1 per thread: 1024 threads cannot share a 16x8 A tile's 128 loads evenly
+    bad = Config.make({"BM": 16, "BN": 64, "BK": 8, "TM": 1, "TN": 1})
+    with Precompiler(1) as pool:
+        pool.submit(GEMM, bad, H100)
+        failure = pool.result(bad, timeout_s=120)
+    assert failure is not None and failure.kind is FailureKind.COMPILE
+    assert "static assertion" in failure.message
+    assert Precompiler(1).result(_gemm(32), timeout_s=1) is None  # never submitted: measure() compiles it
+
+
+SPEC = """
+name: ahead
+kernel: c_matmul
+problems: [{M: 64, N: 64, K: 64}]
+budget: {trials: 5}
+sampler: {name: random, seed: 3}
+bench: {warmup: 0, repeats: 2, remeasure_repeats: 2, compile_workers: 2}
+top_k: 1
+"""
+
+
+def test_the_driver_asks_ahead_and_leaves_no_trial_running(tmp_path, monkeypatch, cpu) -> None:
+    import optuna
+    from optuna.trial import TrialState
+
+    monkeypatch.setattr(CMatmul, "precompiles", True)  # off by default on CPUs: compiles would share cores
+    url = f"sqlite:///{tmp_path}/o.db"
+    [outcome] = tune_job(parse_spec(SPEC), url, cpu, NullTracker())
+    assert outcome.measured == 5 and outcome.best is not None
+    study = optuna.load_study(study_name=outcome.study_name, storage=url)
+    states = [t.state for t in study.trials]
+    assert TrialState.RUNNING not in states
+    ahead = [t for t in study.trials if "not_measured" in t.user_attrs]
+    assert ahead and all(t.state is TrialState.PRUNED for t in ahead)  # closed, not counted
+
+
+def test_compile_workers_zero_turns_the_pool_off(tmp_path, monkeypatch, cpu) -> None:
+    import optuna
+
+    monkeypatch.setattr(CMatmul, "precompiles", True)
+    spec = parse_spec(SPEC.replace("compile_workers: 2", "compile_workers: 0"))
+    url = f"sqlite:///{tmp_path}/o.db"
+    [outcome] = tune_job(spec, url, cpu, NullTracker())
+    study = optuna.load_study(study_name=outcome.study_name, storage=url)
+    assert outcome.measured == 5 and not any("not_measured" in t.user_attrs for t in study.trials)

@@ -1,0 +1,74 @@
+"""Compiles upcoming candidates in a pool of processes while the current one is timed.
+
+On a GPU, compiling a Triton or NVRTC candidate takes seconds and timing it a fraction of a second, so a
+serial loop leaves the GPU idle most of the time. The driver asks a few trials ahead and hands their
+configs to this pool; each pool process runs the kernel's :meth:`~tuner.kernel.Kernel.precompile`, which
+fills the compiler's on-disk cache that the timing process then reads. A config that fails to compile
+fails its trial here, without a round trip through the timing process. Pool processes are spawned (CUDA
+does not survive fork) and a pool process that dies only costs the configs it held: they are compiled
+again, in the timing process, as if there were no pool.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from tuner.kernel import CandidateError
+from tuner.types import Config, DeviceProfile, Failure, FailureKind, Problem
+
+
+def _precompile(problem: Problem, config: Config, device: DeviceProfile) -> tuple[FailureKind, str] | None:
+    from tuner.registry import get_kernel
+
+    try:
+        get_kernel(problem.kernel).precompile(problem, config, device)
+    except CandidateError as exc:
+        return exc.kind, str(exc)
+    except Exception:  # noqa: BLE001 - a precompile bug must not fail the trial: measure() compiles again
+        return None
+    return None
+
+
+class Precompiler:
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        self._futures: dict[str, Future] = {}
+
+    def __enter__(self) -> Precompiler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def submit(self, problem: Problem, config: Config, device: DeviceProfile) -> None:
+        if config.key not in self._futures:
+            try:
+                self._futures[config.key] = self._pool.submit(_precompile, problem, config, device)
+            except BrokenProcessPool:
+                pass
+
+    def result(self, config: Config, timeout_s: float) -> Failure | None:
+        """The compile failure of a submitted config, or None when it compiled, was never submitted, or its
+        pool process died or ran out of time (the timing process then compiles it and judges it)."""
+        future = self._futures.pop(config.key, None)
+        if future is None:
+            return None
+        try:
+            out = future.result(timeout=timeout_s)
+        except Exception:  # noqa: BLE001 - TimeoutError, BrokenProcessPool: fall back to compiling in measure()
+            future.cancel()
+            return None
+        return None if out is None else Failure(out[0], out[1])
+
+    def close(self) -> None:
+        busy = [f for f in self._futures.values() if not f.cancel()]
+        self._futures.clear()
+        # A compile still running (or hung) for a config nobody will time is not waited for: the executor
+        # has no public way to stop a busy process, so its processes are killed.
+        if busy:
+            for proc in list(getattr(self._pool, "_processes", {}).values()):
+                proc.kill()
+        self._pool.shutdown(wait=not busy, cancel_futures=True)
