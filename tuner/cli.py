@@ -267,6 +267,87 @@ def kernels() -> None:
     out.print(table)
 
 
+@app.command()
+@clean_errors
+def revalidate(
+    export_file: Annotated[Path, typer.Argument(metavar="EXPORT")],
+    threshold: Annotated[float, typer.Option(min=0, help="slowdown that counts as a regression (0.05 = 5 %)")] = 0.05,
+    retune: Annotated[bool, typer.Option(help="re-tune the regressed problems, old winners first")] = True,
+    trials: Annotated[int, typer.Option(min=1, help="trial budget per re-tuned problem")] = 30,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="export of the re-tuned job")] = None,
+    storage: StorageOpt = None,
+    mlflow_uri: Annotated[str | None, typer.Option("--mlflow-uri")] = None,
+) -> None:
+    """Re-measure an export's configs on this toolchain and device; re-tune only the regressed problems."""
+    from tuner.device import device_for
+    from tuner.errors import SpecError
+    from tuner.registry import get_kernel
+    from tuner.revalidate import revalidate as run_checks
+    from tuner.spec import BenchSpec
+
+    try:
+        data = json.loads(export_file.read_text())
+        kernels = sorted({e["kernel"] for e in data["entries"]})
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SpecError(f"{export_file}: not a cotune export ({type(exc).__name__}: {exc})") from None
+    checks = []
+    for name in kernels:
+        kernel = get_kernel(name)
+        part = {**data, "entries": [e for e in data["entries"] if e["kernel"] == name]}
+        device = device_for(name, kernel.device_kinds)
+        checks += run_checks(part, device, BenchSpec().settings(), threshold)
+    table = Table(title=f"revalidate {export_file} (regression: > {threshold:.0%} slower)")
+    for col in ("problem", "exported", "now", "change", "status"):
+        table.add_column(col, no_wrap=col != "problem")
+    for c in checks:
+        change = "-" if c.change is None else f"{c.change:+.1%}"
+        now = "-" if c.new_time_s is None else _fmt_time(c.new_time_s)
+        table.add_row(c.problem.key, _fmt_time(c.old_time_s), now, change, c.status.value)
+    out.print(table)
+    for c in checks:
+        for line in ([c.reason] if c.reason and c.status.value != "ok" else []) + list(c.toolchain_changes):
+            out.print(f"  {c.problem.key}: {line}", highlight=False)
+    stale = [c for c in checks if c.needs_retune]
+    if not stale:
+        out.print("no regressions: nothing to re-tune")
+        return
+    if retune:
+        _retune(data["job"], stale, trials, output, storage, mlflow_uri)
+
+
+def _retune(job: str, stale: list[Any], trials: int, output: Path | None, storage: str | None, mlflow_uri: str | None):
+    """One job per (kernel, precision) of the regressed problems, each warm-started from its old winner."""
+    from tuner.device import device_for
+    from tuner.driver import tune_job
+    from tuner.mlflow_tracker import MlflowTracker
+    from tuner.registry import get_kernel
+    from tuner.revalidate import retune_priors
+    from tuner.settings import ensure_parent_dir
+    from tuner.spec import parse_spec
+
+    groups: dict[tuple[str, str], list[Any]] = {}
+    for c in stale:
+        groups.setdefault((c.problem.kernel, c.problem.dtype.value), []).append(c)
+    name = f"{job}-revalidated"
+    settings = _settings(storage, mlflow_uri)
+    ensure_parent_dir(settings.storage)
+    ensure_parent_dir(settings.mlflow_tracking_uri)
+    for (kernel, dtype), checks in groups.items():
+        problems = "\n".join(f"  - {json.dumps(c.problem.dims)}" for c in checks)
+        spec = parse_spec(
+            f"name: {name}\nkernel: {kernel}\nproblems:\n{problems}\nprecisions: [{dtype}]\n"
+            f"budget: {{trials: {trials}}}\n",
+            source="<revalidate>",
+        )
+        device = device_for(kernel, get_kernel(kernel).device_kinds)
+        out.print(f"re-tuning {len(checks)} {kernel} {dtype} problem(s), old winners first")
+        tune_job(
+            spec, settings.storage, device, MlflowTracker(settings.mlflow_tracking_uri), priors=retune_priors(checks)
+        )
+    if output:
+        _write_export(settings.storage, name, output)
+
+
 def _write_export(storage_url: str, job: str, path: Path) -> None:
     from tuner.export import build_export, write_export
 

@@ -62,7 +62,10 @@ def tune_job(
     device: DeviceProfile,
     tracker: Tracker,
     on_progress: Callable[[Progress], None] | None = None,
+    priors: dict[str, list[Config]] | None = None,
 ) -> list[StudyOutcome]:
+    """Tune every problem of the job. ``priors`` maps a problem key to configs measured first (warm start:
+    earlier winners, via Optuna's ``enqueue_trial``), unless the study already holds them."""
     storage = open_storage(storage_url)
     kernel = get_kernel(spec.kernel)
     space = job_space(spec, kernel)
@@ -73,6 +76,7 @@ def tune_job(
             name = study_name(spec.name, problem, device)
             session = StudySession(spec, kernel, space, problem, device, storage, runner, tracker, name)
             session.fail_stale_running()
+            session.enqueue((priors or {}).get(problem.key, []))
             outcomes.append(_tune_problem(session, on_progress))
     tracker.close()
     return outcomes
@@ -176,6 +180,14 @@ class StudySession:
             elif t.state is TrialState.RUNNING and t.params and (asked is None or t.number < asked):
                 in_flight.setdefault(Config.make(t.params).key, t.number)
         self.objective.in_flight = in_flight
+
+    def enqueue(self, configs: list[Config]) -> None:
+        """Have these configs asked first, skipping any the study has already asked."""
+        asked = {Config.make(t.params).key for t in self.study.get_trials(deepcopy=False) if t.params}
+        for config in configs:
+            if config.key not in asked:
+                self.study.enqueue_trial(config.values, skip_if_exists=True)
+                asked.add(config.key)
 
     def fail_stale_running(self) -> None:
         """Local mode only: a RUNNING trial here was left by a run that died, never by a live one."""
