@@ -269,6 +269,45 @@ def kernels() -> None:
 
 @app.command()
 @clean_errors
+def plan(
+    model_config: Annotated[Path, typer.Argument(metavar="MODEL_CONFIG.json", help="a Hugging Face config.json")],
+    batch: Annotated[list[int], typer.Option("--batch", help="batch size (repeat the flag)")] = [1, 16, 64],  # noqa: B006
+    precision: Annotated[list[str], typer.Option("--precision", help="repeat for several")] = ["bf16"],  # noqa: B006
+    hardware: Annotated[list[str], typer.Option("--hardware", help="GPU kinds to compare (repeat)")] = [],  # noqa: B006
+    trials: Annotated[int, typer.Option(min=1, help="trial budget per problem")] = 50,
+    seq_len: Annotated[int, typer.Option("--seq-len", min=1, help="KV length (decode) or prompt length")] = 2048,
+    phase: Annotated[str, typer.Option(help="decode | prefill")] = "decode",
+    name: Annotated[str | None, typer.Option(help="job name prefix (default: the config file's name)")] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="directory for the specs and plan.json")] = Path(
+        "cotune-plan"
+    ),
+) -> None:
+    """Write job specs for every GEMM, attention and MoE problem of one decoder layer and the LM head."""
+    from tuner.plan import write_plan
+
+    paths = write_plan(
+        model_config,
+        output,
+        batch,
+        precision,
+        hardware,
+        trials,
+        seq_len,
+        name=name,
+        phase=phase,  # type: ignore[arg-type]
+    )
+    manifest = json.loads((output / "plan.json").read_text())
+    for p in paths:
+        out.print(f"wrote {p}")
+    for skip in manifest.get("skipped", []):
+        out.print(f"[yellow]skipped {skip['kernel']}[/yellow] ({', '.join(skip['problems'])}): {skip['reason']}")
+    specs = [p for p in paths if p.suffix == ".yaml"]
+    if specs:
+        out.print(f"next: cotune tune {specs[0]}  (or cotune submit {specs[0]} --hardware <gpu>)")
+
+
+@app.command()
+@clean_errors
 def revalidate(
     export_file: Annotated[Path, typer.Argument(metavar="EXPORT")],
     threshold: Annotated[float, typer.Option(min=0, help="slowdown that counts as a regression (0.05 = 5 %)")] = 0.05,

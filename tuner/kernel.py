@@ -58,6 +58,7 @@ class Kernel(ABC):
     name: ClassVar[str]
     description: ClassVar[str] = ""
     shape_dims: ClassVar[tuple[str, ...]]
+    flag_dims: ClassVar[tuple[str, ...]] = ()  # shape dims that are switches (0 or 1), e.g. attention's causal
     batch_dim: ClassVar[str]  # the dimension serving looks up by nearest value (vLLM's rule for M)
     precisions: ClassVar[tuple[Precision, ...]]
     device_kinds: ClassVar[tuple[str, ...]] = ("cpu",)

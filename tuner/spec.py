@@ -6,7 +6,7 @@ import itertools
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from tuner.errors import CotuneError, SpecError
 from tuner.kernel import BenchSettings
@@ -106,12 +106,15 @@ class JobSpec(_Strict):
 
     @field_validator("problems")
     @classmethod
-    def _positive(cls, problems: list[dict[str, ShapeValue]]) -> list[dict[str, ShapeValue]]:
+    def _positive(cls, problems: list[dict[str, ShapeValue]], info: ValidationInfo) -> list[dict[str, ShapeValue]]:
+        flags = get_kernel(info.data["kernel"]).flag_dims if "kernel" in info.data else ()
         for i, shape in enumerate(problems):
             for dim, value in shape.items():
                 values = value if isinstance(value, list) else [value]
-                if not values or any(v <= 0 for v in values):
-                    raise ValueError(f"problems.{i}.{dim} must be a positive integer or a non-empty list of them")
+                flag = dim in flags
+                if not values or any(v not in (0, 1) if flag else v <= 0 for v in values):
+                    need = "0 or 1" if flag else "a positive integer or a non-empty list of them"
+                    raise ValueError(f"problems.{i}.{dim} must be {need}")
         return problems
 
     @model_validator(mode="after")

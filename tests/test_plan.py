@@ -1,0 +1,258 @@
+"""`plan`: model configs to job specs. The shapes are checked against numbers worked out by hand from the
+models' public configs, because a wrong N or K would tune a kernel the model never runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tuner import registry
+from tuner.errors import SpecError
+from tuner.plan import ModelConfig, layer_problems, load_model_config, parse_model_config, plan_specs, write_plan
+from tuner.spec import parse_spec
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+BATCHES = [1, 16, 64]
+
+
+def _spec_loads_causal_zero() -> bool:
+    """Whether tuner.spec takes a 0 dim (``causal: 0``); its positive-dims check rejected it when plan was written."""
+    try:
+        parse_spec("name: t\nkernel: c_matmul\nproblems: [{M: 1, N: 0, K: 1}]\nbudget: {trials: 1}\n")
+    except SpecError:
+        return False
+    return True
+
+
+# Decode attention is non-causal (causal: 0); until the spec loader takes 0 for a dim, plan skips that spec.
+DECODE_ATTENTION = _spec_loads_causal_zero()
+
+
+@pytest.fixture
+def attention_registered(monkeypatch: pytest.MonkeyPatch):
+    """Plan the attention spec whether or not triton_attention is in the registry yet."""
+    pytest.importorskip("kernels.triton_attention")
+    monkeypatch.setitem(registry.KERNELS, "triton_attention", "kernels.triton_attention:TritonAttention")
+    registry.get_kernel.cache_clear()
+    yield
+    registry.get_kernel.cache_clear()
+
+
+def shapes(problems, name: str) -> list[dict[str, int]]:
+    return [dict(p.shape) for p in problems if p.name == name]
+
+
+def test_llama_70b_decode_shapes():
+    model = load_model_config(MODELS / "llama-3-70b.json")
+    problems = layer_problems(model, BATCHES, 4096)
+    expected = {
+        "qkv_proj": (10240, 8192),  # (64 + 2 * 8) heads x 128
+        "o_proj": (8192, 8192),
+        "gate_up_proj": (57344, 8192),
+        "down_proj": (8192, 28672),
+        "lm_head": (128256, 8192),
+    }
+    for name, (n, k) in expected.items():
+        assert shapes(problems, name) == [{"M": b, "N": n, "K": k} for b in BATCHES], name
+    assert shapes(problems, "attention_decode") == [
+        {"batch": b, "heads": 64, "seq_q": 1, "seq_k": 4096, "head_dim": 128, "causal": 0} for b in BATCHES
+    ]
+    assert {p.name for p in problems} == {*expected, "attention_decode"}
+    assert all(p.layers == (1 if p.name == "lm_head" else 80) and p.count_per_layer == 1 for p in problems)
+
+
+def test_prefill_runs_gemms_on_every_prompt_token_and_lm_head_on_the_last():
+    model = load_model_config(MODELS / "llama-3-8b.json")
+    problems = layer_problems(model, [2], 512, phase="prefill")
+    assert shapes(problems, "qkv_proj") == [{"M": 1024, "N": 6144, "K": 4096}]
+    assert shapes(problems, "lm_head") == [{"M": 2, "N": 128256, "K": 4096}]
+    assert shapes(problems, "attention_prefill") == [
+        {"batch": 2, "heads": 32, "seq_q": 512, "seq_k": 512, "head_dim": 128, "causal": 1}
+    ]
+    assert {p.tokens for p in problems} == {1024}
+
+
+def test_mixtral_replaces_the_mlp_with_moe_problems():
+    model = load_model_config(MODELS / "mixtral-8x7b.json")
+    problems = layer_problems(model, BATCHES, 4096)
+    names = {p.name for p in problems}
+    assert not names & {"gate_up_proj", "down_proj"}
+    assert shapes(problems, "moe_gate_up") == [{"M": b, "E": 8, "N": 28672, "K": 4096, "topk": 2} for b in BATCHES]
+    assert shapes(problems, "moe_down") == [{"M": b, "E": 8, "N": 4096, "K": 14336, "topk": 2} for b in BATCHES]
+    assert shapes(problems, "moe_router") == [{"M": b, "N": 8, "K": 4096} for b in BATCHES]
+    assert {p.kernel for p in problems if p.name.startswith("moe_")} == {"triton_moe", "triton_matmul"}
+
+
+def test_moe_intermediate_size_sets_the_expert_width():
+    base = json.loads((MODELS / "mixtral-8x7b.json").read_text())
+    model = parse_model_config({**base, "moe_intermediate_size": 1408}, "cfg")
+    problems = layer_problems(model, [4], 1024)
+    assert shapes(problems, "moe_gate_up")[0]["N"] == 2816
+    assert shapes(problems, "moe_down")[0]["K"] == 1408
+
+
+@pytest.mark.usefixtures("attention_registered")
+@pytest.mark.parametrize("phase", ["decode", "prefill"])
+@pytest.mark.parametrize("config", ["llama-3-8b.json", "llama-3-70b.json", "mixtral-8x7b.json"])
+def test_every_spec_parses_and_covers_the_batches(config: str, phase: str):
+    model = load_model_config(MODELS / config)
+    stem = config.removesuffix(".json")
+    files = plan_specs(model, stem, BATCHES, ["bf16"], ["nvidia-h100", "nvidia-h200"], 30, 2048, phase=phase)
+    suffixes = {"matmul", "moe"} if "mixtral" in config else {"matmul"}
+    if phase == "prefill" or DECODE_ATTENTION:
+        suffixes.add("attention")
+    assert set(files) == {f"{stem}-{s}.yaml" for s in suffixes} | {"plan.json"}
+    for filename, text in files.items():
+        if filename == "plan.json":
+            continue
+        assert text.startswith("# Generated by cotune plan") and f"model: {stem}" in text
+        spec = parse_spec(text, filename)
+        assert spec.budget.trials == 30 and [p.value for p in spec.precisions] == ["bf16"]
+        if spec.kernel == "triton_attention":
+            assert all(shape["batch"] == BATCHES for shape in spec.problems)
+        else:  # in prefill lm_head keeps M = batch while the layer's GEMMs take batch * seq_len tokens
+            tokens = BATCHES if phase == "decode" else [b * 2048 for b in BATCHES]
+            assert all(shape["M"] in (BATCHES, tokens) for shape in spec.problems)
+            assert any(shape["M"] == tokens for shape in spec.problems)
+
+
+@pytest.mark.usefixtures("attention_registered")
+def test_decode_attention_spec_or_the_reason_it_is_skipped():
+    model = load_model_config(MODELS / "llama-3-70b.json")
+    files = plan_specs(model, "l70", BATCHES, ["bf16"], [], 5, 4096)
+    skipped = json.loads(files["plan.json"])["skipped"]
+    if DECODE_ATTENTION:
+        spec = parse_spec(files["l70-attention.yaml"])
+        assert spec.problems == [
+            {"batch": BATCHES, "heads": 64, "seq_q": 1, "seq_k": 4096, "head_dim": 128, "causal": 0}
+        ]
+        assert skipped == []
+    else:
+        assert "l70-attention.yaml" not in files
+        assert [s["kernel"] for s in skipped] == ["triton_attention"]
+        assert "generated spec does not load" in skipped[0]["reason"] and "causal" in skipped[0]["reason"]
+
+
+@pytest.mark.usefixtures("attention_registered")
+def test_identical_shapes_are_merged_but_the_manifest_keeps_every_name():
+    # hidden == intermediate makes o_proj and down_proj the same GEMM
+    model = ModelConfig(
+        hidden_size=1024, intermediate_size=1024, num_attention_heads=8, num_hidden_layers=2, vocab_size=4096
+    )
+    files = plan_specs(model, "tiny", [1, 8], ["fp16"], [], 5, 256)
+    assert {"tiny-matmul.yaml", "plan.json"} <= set(files)
+    spec = parse_spec(files["tiny-matmul.yaml"])
+    assert spec.problems.count({"M": [1, 8], "N": 1024, "K": 1024}) == 1
+    assert "# o_proj, down_proj" in files["tiny-matmul.yaml"]
+    manifest = json.loads(files["plan.json"])
+    assert manifest["problems"]["down_proj"]["spec"] == manifest["problems"]["o_proj"]["spec"] == "tiny-matmul.yaml"
+
+
+@pytest.mark.usefixtures("attention_registered")
+def test_manifest_counts_and_hardware(tmp_path: Path):
+    paths = write_plan(MODELS / "llama-3-70b.json", tmp_path / "out", [1, 16], ["bf16"], ["h100", "h200"], 20, 8192)
+    names = ["llama-3-70b-matmul.yaml", "plan.json"] + (["llama-3-70b-attention.yaml"] if DECODE_ATTENTION else [])
+    assert sorted(p.name for p in paths) == sorted(names)
+    assert all(p.parent == tmp_path / "out" and p.is_file() for p in paths)
+    manifest = json.loads((tmp_path / "out" / "plan.json").read_text())
+    assert manifest["hardware"] == ["h100", "h200"] and manifest["batches"] == [1, 16]
+    problems = manifest["problems"]
+    assert problems["qkv_proj"]["layers"] == 80 and problems["qkv_proj"]["count_per_layer"] == 1
+    assert problems["lm_head"]["layers"] == 1
+    assert problems["attention_decode"]["layers"] == 80
+    assert problems["gate_up_proj"]["per_batch"][1] == {
+        "batch": 16,
+        "tokens": 16,
+        "shape": {"M": 16, "N": 57344, "K": 8192},
+    }
+    assert manifest["config"]["head_dim"] == 128 and manifest["config"]["kv_heads"] == 8
+    for path in paths:
+        if path.suffix == ".yaml":
+            assert "hardware" not in path.read_text()
+
+
+@pytest.mark.usefixtures("attention_registered")
+def test_a_precision_a_kernel_lacks_is_dropped_for_that_kernel_only():
+    model = load_model_config(MODELS / "mixtral-8x7b.json")
+    files = plan_specs(model, "mx", [1], ["fp8"], [], 5, 1024, phase="prefill")
+    assert "mx-attention.yaml" not in files  # triton_attention has no fp8
+    assert parse_spec(files["mx-moe.yaml"]).precisions[0].value == "fp8"
+    skipped = json.loads(files["plan.json"])["skipped"]
+    assert [s["kernel"] for s in skipped] == ["triton_attention"]
+    assert skipped[0]["problems"] == ["attention_prefill"] and "none of those asked for" in skipped[0]["reason"]
+
+
+def test_an_unregistered_kernel_is_skipped_and_reported(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delitem(registry.KERNELS, "triton_attention", raising=False)
+    registry.get_kernel.cache_clear()
+    model = load_model_config(MODELS / "llama-3-8b.json")
+    files = plan_specs(model, "l8", [1], ["bf16"], [], 5, 1024)
+    assert set(files) == {"l8-matmul.yaml", "plan.json"}
+    assert "unknown kernel 'triton_attention'" in json.loads(files["plan.json"])["skipped"][0]["reason"]
+    registry.get_kernel.cache_clear()
+
+
+def write_config(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+LLAMA = json.loads((MODELS / "llama-3-8b.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({k: v for k, v in LLAMA.items() if k != "hidden_size"}, r"bad\.json: hidden_size: missing required key"),
+        ({**LLAMA, "num_attention_heads": 48}, r"bad\.json: .*num_attention_heads 48 does not divide hidden_size"),
+        ({**LLAMA, "num_key_value_heads": 5}, r"bad\.json: .*num_key_value_heads 5 does not divide"),
+        ({**LLAMA, "vocab_size": 0}, r"bad\.json: vocab_size: .*greater than 0"),
+        ({**LLAMA, "hidden_size": "4096"}, r"bad\.json: hidden_size: .*valid integer"),
+        ({**LLAMA, "num_local_experts": 8}, r"bad\.json: .*needs both num_local_experts and num_experts_per_tok"),
+        ({**LLAMA, "num_experts": 60}, r"bad\.json: num_experts: this MoE layout is not supported"),
+        ([LLAMA], r"bad\.json: a model config is a JSON object"),
+    ],
+)
+def test_bad_configs_name_the_file_and_key(tmp_path: Path, data: object, expected: str):
+    path = write_config(tmp_path, "bad.json", json.dumps(data))
+    with pytest.raises(SpecError, match=expected):
+        load_model_config(path)
+
+
+def test_non_json_and_missing_files(tmp_path: Path):
+    with pytest.raises(SpecError, match=r"broken\.json:2: not valid JSON"):
+        load_model_config(write_config(tmp_path, "broken.json", '{\n  "hidden_size": 4096,,\n}'))
+    with pytest.raises(SpecError, match=r"absent\.json: cannot read"):
+        load_model_config(tmp_path / "absent.json")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"batches": [1, 0]}, r"batch sizes must be positive integers, got 0"),
+        ({"batches": [-4]}, r"batch sizes must be positive integers, got -4"),
+        ({"batches": []}, r"at least one batch size"),
+        ({"seq_len": 0}, r"seq_len must be positive"),
+        ({"seq_len": 16384}, r"seq_len 16384 exceeds the model's max_position_embeddings 8192"),
+        ({"trials": 0}, r"trials must be positive"),
+        ({"precisions": ["bf17"]}, r"unknown precision 'bf17'"),
+        ({"name": "no spaces"}, r"name 'no spaces' must match"),
+        ({"phase": "train"}, r"phase must be one of decode, prefill"),
+    ],
+)
+def test_bad_plan_arguments(kwargs: dict, expected: str):
+    model = load_model_config(MODELS / "llama-3-8b.json")
+    args = {"name": "l8", "batches": [1], "precisions": ["bf16"], "hardware": [], "trials": 5, "seq_len": 1024}
+    args.update(kwargs)
+    phase = args.pop("phase", "decode")
+    with pytest.raises(SpecError, match=expected):
+        plan_specs(model, **args, phase=phase)
+
+
+def test_write_plan_writes_nothing_on_error(tmp_path: Path):
+    with pytest.raises(SpecError):
+        write_plan(MODELS / "llama-3-8b.json", tmp_path / "out", [0], ["bf16"], [], 5, 1024)
+    assert not (tmp_path / "out").exists()

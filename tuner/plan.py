@@ -1,0 +1,481 @@
+"""Model-derived workloads: from a Hugging Face ``config.json`` to the cotune job specs that tune every GEMM,
+attention and MoE problem of one decoder layer plus the LM head, per batch size.
+
+Why: a kernel tuned on shapes picked by hand says little about a model, and a decoder's shapes follow from a
+handful of numbers in its config. Each kernel gets one spec holding all its shapes (so one ``cotune tune``
+covers it), and ``plan.json`` keeps what the specs cannot: which layer operation each shape stands for, how
+often it runs per layer and in how many layers, so a report can add the tuned times back up to a time per
+token.
+
+Modelled: a Llama-style decoder layer (fused QKV projection, attention, output projection, gated MLP with a
+fused gate_up GEMM) or, for Mixtral-style models (``num_local_experts``), a router GEMM and vLLM's fused-MoE
+GEMMs in place of the MLP; then the LM head once. Not modelled: norms, rotary embedding, activations, the
+sampler, shared experts (DeepSeek, Qwen-MoE) and tensor parallelism (shapes are for one unsharded GPU).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal, cast
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tuner.errors import CotuneError, SpecError
+from tuner.registry import get_kernel
+from tuner.spec import parse_spec
+from tuner.types import Precision
+
+Phase = Literal["decode", "prefill"]
+PHASES: tuple[Phase, ...] = ("decode", "prefill")
+DEFAULT_SEQ_LEN = 2048
+DEFAULT_TRIALS = 50
+MANIFEST = "plan.json"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+MATMUL, ATTENTION, MOE = "triton_matmul", "triton_attention", "triton_moe"
+
+
+@dataclass(frozen=True)
+class _KernelPlan:
+    """How plan writes one kernel's spec: file suffix and the dim that carries the batch size."""
+
+    suffix: str
+    batch_dim: str
+
+
+# Spec order in the output, and the batch dim of each kernel (fixed here: triton_attention may not be
+# registered yet, and a plan must not depend on importing GPU kernels).
+KERNEL_PLANS: dict[str, _KernelPlan] = {
+    MATMUL: _KernelPlan("matmul", "M"),
+    ATTENTION: _KernelPlan("attention", "batch"),
+    MOE: _KernelPlan("moe", "M"),
+}
+
+NOTES = (
+    "attention: heads are the query heads; triton_attention is multi-head attention, so grouped-query "
+    "attention's sharing of K/V heads is not modelled (the kernel reads heads/kv_heads times the K/V a GQA "
+    "kernel would, so a memory-bound decode attention time is pessimistic)",
+    "moe_down: tuned as triton_moe (vLLM's w1 kernel) with N=hidden, K=expert intermediate; the flops match "
+    "vLLM's w2 GEMM, which reads M*topk distinct rows where the w1 kernel re-reads M rows topk times",
+    "prefill: GEMMs run on batch*seq_len tokens, lm_head only on the last token of each sequence",
+    "not planned: norms, rotary embedding, activation, sampling, shared experts, tensor parallelism",
+)
+
+_PositiveInt = Annotated[int, Field(strict=True, gt=0)]
+
+
+class ModelConfig(BaseModel):
+    """The numbers of a Hugging Face ``config.json`` that fix a decoder's kernel shapes; other keys are ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, protected_namespaces=())
+
+    hidden_size: _PositiveInt
+    intermediate_size: _PositiveInt
+    num_attention_heads: _PositiveInt
+    num_hidden_layers: _PositiveInt
+    vocab_size: _PositiveInt
+    num_key_value_heads: _PositiveInt | None = None
+    head_dim: _PositiveInt | None = None
+    num_local_experts: _PositiveInt | None = None
+    num_experts_per_tok: _PositiveInt | None = None
+    moe_intermediate_size: _PositiveInt | None = None
+    max_position_embeddings: _PositiveInt | None = None
+    model_type: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
+        if self.head_dim is None and self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"num_attention_heads {self.num_attention_heads} does not divide hidden_size {self.hidden_size} "
+                "(give head_dim if the model's heads are not hidden_size / heads wide)"
+            )
+        if self.num_attention_heads % self.kv_heads:
+            raise ValueError(
+                f"num_key_value_heads {self.kv_heads} does not divide num_attention_heads {self.num_attention_heads}"
+            )
+        if (self.num_local_experts is None) != (self.num_experts_per_tok is None):
+            raise ValueError("an MoE model needs both num_local_experts and num_experts_per_tok")
+        if self.num_local_experts is not None and self.num_experts_per_tok > self.num_local_experts:
+            raise ValueError(
+                f"num_experts_per_tok {self.num_experts_per_tok} > num_local_experts {self.num_local_experts}"
+            )
+        return self
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_key_value_heads or self.num_attention_heads
+
+    @property
+    def head_size(self) -> int:
+        """``head_dim`` if the config gives it (Gemma, Mistral-Nemo), else hidden / heads as in Llama."""
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_local_experts is not None
+
+    @property
+    def expert_intermediate(self) -> int:
+        """Per-expert MLP width: ``moe_intermediate_size`` (DeepSeek, Qwen-MoE) or, as Mixtral, intermediate_size."""
+        return self.moe_intermediate_size or self.intermediate_size
+
+
+# Keys other MoE families use for their expert count: planning such a model as dense would be silently wrong.
+_OTHER_MOE_KEYS = ("num_experts", "n_routed_experts")
+
+
+def parse_model_config(data: object, source: str) -> ModelConfig:
+    """Validate a decoded config.json; every error is one SpecError naming ``source`` and the key."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a model config is a JSON object (hidden_size, num_attention_heads, ...)")
+    if "num_local_experts" not in data:
+        for key in _OTHER_MOE_KEYS:
+            if isinstance(data.get(key), int) and not isinstance(data[key], bool) and data[key] > 0:
+                raise SpecError(
+                    f"{source}: {key}: this MoE layout is not supported; plan reads Mixtral-style "
+                    "num_local_experts and num_experts_per_tok"
+                )
+    try:
+        return ModelConfig.model_validate(data)
+    except ValidationError as exc:
+        parts = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(config)"
+            msg = "missing required key" if err["type"] == "missing" else err["msg"].removeprefix("Value error, ")
+            parts.append(f"{source}: {key}: {msg}")
+        raise SpecError("; ".join(parts)) from None
+
+
+def load_model_config(path: Path) -> ModelConfig:
+    """Read a Hugging Face config.json (a full one or a subset such as those in models/)."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
+    return parse_model_config(data, str(path))
+
+
+@dataclass(frozen=True)
+class PlannedProblem:
+    """One kernel call of the model at one batch size, and how often it runs per forward pass.
+
+    Time per forward pass = sum of ``time(shape) * count_per_layer * layers``; divide by ``tokens`` for time
+    per token.
+    """
+
+    name: str
+    kernel: str
+    shape: Mapping[str, int]
+    batch: int
+    tokens: int
+    count_per_layer: int = 1
+    layers: int = 1
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "batch": self.batch,
+            "tokens": self.tokens,
+            "shape": dict(self.shape),
+        }
+
+
+def _positive_ints(values: Iterable[int], what: str) -> list[int]:
+    out = list(dict.fromkeys(values))
+    if not out:
+        raise SpecError(f"plan: give at least one {what}")
+    bad = [v for v in out if isinstance(v, bool) or not isinstance(v, int) or v <= 0]
+    if bad:
+        raise SpecError(f"plan: {what} must be positive integers, got {', '.join(map(str, bad))}")
+    return out
+
+
+def _check_phase(phase: str) -> Phase:
+    if phase not in PHASES:
+        raise SpecError(f"plan: phase must be one of {', '.join(PHASES)}, got {phase!r}")
+    return cast(Phase, phase)
+
+
+def _check_seq_len(model: ModelConfig, seq_len: int) -> int:
+    (seq_len,) = _positive_ints([seq_len], "seq_len")
+    limit = model.max_position_embeddings
+    if limit is not None and seq_len > limit:
+        raise SpecError(f"plan: seq_len {seq_len} exceeds the model's max_position_embeddings {limit}")
+    return seq_len
+
+
+def layer_problems(
+    model: ModelConfig, batches: Sequence[int], seq_len: int, *, phase: Phase = "decode"
+) -> list[PlannedProblem]:
+    """Every kernel call of one decoder layer plus the LM head, per batch size, in execution order.
+
+    ``decode``: each of ``batch`` sequences adds one token against a KV cache of ``seq_len``, so GEMMs have
+    M = batch. ``prefill``: each of ``batch`` prompts of ``seq_len`` tokens, causal, so GEMMs have
+    M = batch * seq_len and the LM head M = batch (only the last position's logits are sampled).
+    """
+    batches = _positive_ints(batches, "batch sizes")
+    phase = _check_phase(phase)
+    seq_len = _check_seq_len(model, seq_len)
+    out: list[PlannedProblem] = []
+    for batch in batches:
+        tokens = batch if phase == "decode" else batch * seq_len
+        for name, kernel, shape, layers in _forward_calls(model, batch, tokens, seq_len, phase):
+            out.append(PlannedProblem(name, kernel, shape, batch, tokens, layers=layers))
+    return out
+
+
+def _forward_calls(
+    model: ModelConfig, batch: int, tokens: int, seq_len: int, phase: Phase
+) -> list[tuple[str, str, dict[str, int], int]]:
+    """(name, kernel, shape, layers) of one forward pass; shapes list dims in the kernel's own order."""
+    heads, kv, hd, hidden = model.num_attention_heads, model.kv_heads, model.head_size, model.hidden_size
+    layers = model.num_hidden_layers
+    seq_q, causal = (1, 0) if phase == "decode" else (seq_len, 1)
+    attention = {"batch": batch, "heads": heads, "seq_q": seq_q, "seq_k": seq_len, "head_dim": hd, "causal": causal}
+    calls = [
+        ("qkv_proj", MATMUL, {"M": tokens, "N": (heads + 2 * kv) * hd, "K": hidden}, layers),
+        (f"attention_{phase}", ATTENTION, attention, layers),
+        ("o_proj", MATMUL, {"M": tokens, "N": hidden, "K": heads * hd}, layers),
+    ]
+    if model.num_local_experts is not None and model.num_experts_per_tok is not None:
+        experts, topk, inter = model.num_local_experts, model.num_experts_per_tok, model.expert_intermediate
+        calls += [
+            ("moe_router", MATMUL, {"M": tokens, "N": experts, "K": hidden}, layers),
+            ("moe_gate_up", MOE, {"M": tokens, "E": experts, "N": 2 * inter, "K": hidden, "topk": topk}, layers),
+            ("moe_down", MOE, {"M": tokens, "E": experts, "N": hidden, "K": inter, "topk": topk}, layers),
+        ]
+    else:
+        inter = model.intermediate_size
+        calls += [
+            ("gate_up_proj", MATMUL, {"M": tokens, "N": 2 * inter, "K": hidden}, layers),
+            ("down_proj", MATMUL, {"M": tokens, "N": hidden, "K": inter}, layers),
+        ]
+    calls.append(("lm_head", MATMUL, {"M": batch, "N": model.vocab_size, "K": hidden}, 1))
+    return calls
+
+
+@dataclass
+class _Group:
+    """One deduplicated spec entry: a shape without its batch dim, the batch values and who uses it."""
+
+    fixed: dict[str, int]
+    batch_values: list[int] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+
+
+def _group(problems: list[PlannedProblem], batch_dim: str, dims: Sequence[str]) -> list[_Group]:
+    groups: dict[tuple[tuple[str, int], ...], _Group] = {}
+    for p in problems:
+        fixed = {d: p.shape[d] for d in dims if d != batch_dim}
+        g = groups.setdefault(tuple(fixed.items()), _Group(fixed))
+        if p.shape[batch_dim] not in g.batch_values:
+            g.batch_values.append(p.shape[batch_dim])
+        if p.name not in g.names:
+            g.names.append(p.name)
+    return list(groups.values())
+
+
+def _flow(mapping: Mapping[str, object]) -> str:
+    """A YAML flow mapping; values are ints or int lists, whose JSON form is valid YAML."""
+    return "{" + ", ".join(f"{k}: {json.dumps(v)}" for k, v in mapping.items()) + "}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _spec_yaml(
+    spec_name: str, kernel: str, groups: list[_Group], precisions: list[Precision], trials: int, header: list[str]
+) -> str:
+    plan = KERNEL_PLANS[kernel]
+    lines = [f"# {h}" for h in header]
+    lines += [f"name: {json.dumps(spec_name)}", f"kernel: {kernel}", "problems:"]
+    for g in groups:
+        dims = {plan.batch_dim: g.batch_values, **g.fixed}
+        lines.append(f"  - {_flow(dims)}  # {', '.join(g.names)}")
+    lines.append(f"precisions: [{', '.join(p.value for p in precisions)}]")
+    lines.append(f"budget: {{trials: {trials}}}")
+    return "\n".join(lines) + "\n"
+
+
+def _precisions(values: Iterable[str | Precision]) -> list[Precision]:
+    out: list[Precision] = []
+    for v in values:
+        try:
+            out.append(Precision(v))
+        except ValueError:
+            raise SpecError(f"plan: unknown precision {v!r}; known: {', '.join(p.value for p in Precision)}") from None
+    if not out:
+        raise SpecError("plan: give at least one precision")
+    return list(dict.fromkeys(out))
+
+
+def plan_specs(
+    model: ModelConfig,
+    name: str,
+    batches: Sequence[int],
+    precisions: Sequence[str | Precision] = (Precision.BF16,),
+    hardware: Sequence[str] = (),
+    trials: int = DEFAULT_TRIALS,
+    seq_len: int = DEFAULT_SEQ_LEN,
+    *,
+    phase: Phase = "decode",
+    source: str | None = None,
+) -> dict[str, str]:
+    """``{file name: text}``: one job spec per kernel (``<name>-matmul.yaml``, ...) and the ``plan.json`` manifest.
+
+    Each spec holds all of its kernel's shapes, identical ones merged across layer operations, with the batch
+    dim as the list of batch values. A precision a kernel does not support is left out of that kernel's spec.
+    Every spec is checked with :func:`tuner.spec.parse_spec`; a kernel that is not registered, supports none
+    of the precisions, or whose spec does not load is listed under ``skipped`` in the manifest with the
+    reason, so one kernel cannot block planning the others. Only a plan with no spec at all is an error.
+    """
+    if not NAME_PATTERN.match(name):
+        raise SpecError(f"plan: name {name!r} must match {NAME_PATTERN.pattern} (it names the specs)")
+    (trials,) = _positive_ints([trials], "trials")
+    wanted = _precisions(precisions)
+    gpus = list(dict.fromkeys(_one_line(h) for h in hardware))
+    if any(not h for h in gpus):
+        raise SpecError("plan: a hardware name is empty")
+    problems = layer_problems(model, batches, seq_len, phase=phase)
+    batch_list = list(dict.fromkeys(p.batch for p in problems))
+    header = [
+        "Generated by cotune plan; re-run it rather than editing by hand.",
+        f"model: {name} (source: {_one_line(source) if source else 'in memory'})",
+        f"batches: {', '.join(map(str, batch_list))}; phase: {phase}; seq_len: {seq_len}",
+        f"{MANIFEST} maps each shape to its layer operation, count per layer and layers.",
+    ]
+    files: dict[str, str] = {}
+    spec_of: dict[str, str] = {}
+    specs: dict[str, dict[str, object]] = {}
+    skipped: list[dict[str, object]] = []
+    for kernel, plan in KERNEL_PLANS.items():
+        mine = [p for p in problems if p.kernel == kernel]
+        if not mine:
+            continue
+        names = list(dict.fromkeys(p.name for p in mine))
+        try:
+            supported = get_kernel(kernel).precisions
+        except CotuneError as exc:
+            skipped.append({"kernel": kernel, "problems": names, "reason": str(exc)})
+            continue
+        usable = [p for p in wanted if p in supported]
+        if not usable:
+            reason = f"{kernel} supports {', '.join(p.value for p in supported)}, none of those asked for"
+            skipped.append({"kernel": kernel, "problems": names, "reason": reason})
+            continue
+        filename = f"{name}-{plan.suffix}.yaml"
+        groups = _group(mine, plan.batch_dim, list(mine[0].shape))
+        text = _spec_yaml(f"{name}-{plan.suffix}", kernel, groups, usable, trials, header)
+        try:
+            parse_spec(text, source=filename)
+        except SpecError as exc:  # e.g. a spec loader that rejects a dim value the kernel takes (causal: 0)
+            skipped.append({"kernel": kernel, "problems": names, "reason": f"generated spec does not load: {exc}"})
+            continue
+        files[filename] = text
+        specs[filename] = {"kernel": kernel, "precisions": [p.value for p in usable], "problems": names}
+        spec_of.update(dict.fromkeys(names, filename))
+    if not files:
+        raise SpecError("plan: no kernel can run this plan: " + "; ".join(str(s["reason"]) for s in skipped))
+    manifest = _manifest(
+        model, name, source, phase, seq_len, batch_list, wanted, gpus, problems, specs, spec_of, skipped
+    )
+    files[MANIFEST] = json.dumps(manifest, indent=2) + "\n"
+    return files
+
+
+def _manifest(
+    model: ModelConfig,
+    name: str,
+    source: str | None,
+    phase: Phase,
+    seq_len: int,
+    batches: list[int],
+    precisions: list[Precision],
+    hardware: list[str],
+    problems: list[PlannedProblem],
+    specs: dict[str, dict[str, object]],
+    spec_of: dict[str, str],
+    skipped: list[dict[str, object]],
+) -> dict[str, object]:
+    """What a report needs to rebuild a forward pass from per-shape tuned times."""
+    by_name: dict[str, dict[str, object]] = {}
+    for p in problems:
+        if p.name not in by_name:
+            by_name[p.name] = {
+                "kernel": p.kernel,
+                "spec": spec_of.get(p.name),
+                "count_per_layer": p.count_per_layer,
+                "layers": p.layers,
+                "per_batch": [q.to_json() for q in problems if q.name == p.name],
+            }
+    return {
+        "generated_by": "cotune plan",
+        "model": name,
+        "source": source,
+        "config": model.model_dump(exclude_none=True) | {"head_dim": model.head_size, "kv_heads": model.kv_heads},
+        "phase": phase,
+        "seq_len": seq_len,
+        "batches": batches,
+        "precisions": [p.value for p in precisions],
+        "hardware": hardware,
+        "specs": specs,
+        "problems": by_name,
+        "skipped": skipped,
+        "notes": list(NOTES),
+    }
+
+
+def default_name(config_path: Path) -> str:
+    """A spec-safe name from the config file's stem (``models/llama-3-70b.json`` -> ``llama-3-70b``)."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(config_path).stem).strip("-._") or "model"
+    return stem[:80]
+
+
+def write_plan(
+    config_path: Path,
+    out_dir: Path,
+    batches: Sequence[int],
+    precisions: Sequence[str | Precision] = (Precision.BF16,),
+    hardware: Sequence[str] = (),
+    trials: int = DEFAULT_TRIALS,
+    seq_len: int = DEFAULT_SEQ_LEN,
+    *,
+    name: str | None = None,
+    phase: Phase = "decode",
+) -> list[Path]:
+    """Plan ``config_path`` and write the specs and ``plan.json`` into ``out_dir`` (created; files overwritten).
+
+    Nothing is written unless every spec validated, so a failed plan leaves no half-written directory.
+    """
+    config_path = Path(config_path)
+    model = load_model_config(config_path)
+    files = plan_specs(
+        model,
+        name or default_name(config_path),
+        batches,
+        precisions,
+        hardware,
+        trials,
+        seq_len,
+        phase=phase,
+        source=str(config_path),
+    )
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for filename, text in files.items():
+            path = out_dir / filename
+            path.write_text(text)
+            paths.append(path)
+    except OSError as exc:
+        raise CotuneError(f"{out_dir}: cannot write the plan: {exc.strerror}") from None
+    return paths
