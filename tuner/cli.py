@@ -209,11 +209,49 @@ def best(job: str, storage: StorageOpt = None) -> None:
 @clean_errors
 def export(
     job: str,
-    output: Annotated[Path, typer.Option("-o", "--output")] = Path("cotune-best.json"),
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="file (cotune format) or directory (other formats)")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="cotune | vllm | sglang | triton-server | autotune")] = "cotune",
+    verify: Annotated[bool, typer.Option(help="re-measure every config on this machine before writing")] = True,
     storage: StorageOpt = None,
 ) -> None:
-    """Write the versioned JSON of a job's best configs (for tuner.serving)."""
-    _write_export(_storage_for(job, storage), job, output)
+    """Write a job's best configs: cotune's versioned JSON (for tuner.serving), vLLM/SGLang fused-MoE config
+    files, a Triton Inference Server config.pbtxt, or a @triton.autotune config module."""
+    from tuner.export import build_export, write_export
+    from tuner.exporters import get_exporter
+
+    exporter = get_exporter(fmt)
+    data = build_export(_storage_for(job, storage), job)
+    if verify:
+        _verify_export(data)
+    if fmt == "cotune":  # one file, at the path given (the other formats write a tree under a directory)
+        path = output or Path("cotune-best.json")
+        write_export(data, path)
+        out.print(f"wrote {path} ({len(data['entries'])} entries)")
+        return
+    for path in exporter.write(data, output or Path("cotune-export") / fmt):
+        out.print(f"wrote {path}")
+
+
+def _verify_export(data: dict[str, Any]) -> None:
+    """Every config must still compile, verify and run here, on the device it was tuned on."""
+    from tuner.device import device_for
+    from tuner.errors import CotuneError
+    from tuner.registry import get_kernel
+    from tuner.revalidate import CheckStatus, revalidate
+    from tuner.spec import BenchSpec
+
+    for name in sorted({e["kernel"] for e in data["entries"]}):
+        part = {**data, "entries": [e for e in data["entries"] if e["kernel"] == name]}
+        checks = revalidate(part, device_for(name, get_kernel(name).device_kinds), BenchSpec().settings(), 1e9)
+        bad = [c for c in checks if c.status in (CheckStatus.FAILED, CheckStatus.SKIPPED)]
+        if bad:
+            raise CotuneError(
+                f"cannot verify {bad[0].problem.key}: {bad[0].reason} ({len(bad)} of {len(checks)} configs); "
+                "export on the machine that tuned them, or without --verify"
+            )
+        out.print(f"verified {len(checks)} {name} config(s) on this machine")
 
 
 @app.command()
@@ -304,6 +342,42 @@ def plan(
     specs = [p for p in paths if p.suffix == ".yaml"]
     if specs:
         out.print(f"next: cotune tune {specs[0]}  (or cotune submit {specs[0]} --hardware <gpu>)")
+
+
+@app.command()
+@clean_errors
+def report(
+    jobs: Annotated[list[str], typer.Argument(metavar="JOB...", help="jobs to compare (e.g. one per GPU kind)")],
+    plan_file: Annotated[Path | None, typer.Option("--plan", help="plan.json from cotune plan")] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="report.md or report.html")] = Path(
+        "cotune-report/report.md"
+    ),
+    storage: StorageOpt = None,
+    mlflow_uri: Annotated[str | None, typer.Option("--mlflow-uri")] = None,
+) -> None:
+    """Co-design report: per hardware x precision, tuned time per layer, estimated decode tokens/s, % of
+    roofline and J/token, with plots; logged to each job's MLflow parent runs."""
+    from tuner.errors import SpecError
+    from tuner.export import build_export, job_studies
+    from tuner.mlflow_tracker import open_client
+    from tuner.report import write_report
+
+    exports = [build_export(_storage_for(j, storage), j) for j in jobs]
+    plan_data = None
+    if plan_file is not None:
+        try:
+            plan_data = json.loads(plan_file.read_text())
+            plan_data["problems"], plan_data["batches"]  # noqa: B018 - the keys the report reads
+        except (OSError, ValueError, KeyError) as exc:
+            raise SpecError(f"{plan_file}: not a plan.json from cotune plan ({type(exc).__name__}: {exc})") from None
+    files = write_report(jobs, exports, plan_data, output)
+    out.print(f"wrote {', '.join(str(f) for f in files)}")
+    client = open_client(_settings(storage, mlflow_uri).mlflow_tracking_uri)
+    runs = {s.user_attrs.get("mlflow_run_id") for j in jobs for s in job_studies(_storage_for(j, storage), j)}
+    for run_id in sorted(r for r in runs if r):
+        for f in files:
+            client.log_artifact(run_id, str(f), "report")
+    out.print(f"logged to {len([r for r in runs if r])} MLflow run(s) under artifacts/report")
 
 
 @app.command()
