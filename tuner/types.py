@@ -123,6 +123,12 @@ class Measurement:
         return statistics.median(self.times_s)
 
     @property
+    def p99_s(self) -> float:
+        """99th percentile of the repeats (for serving kernels, whose repeats are request latencies)."""
+        ordered = sorted(self.times_s)
+        return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+    @property
     def spread(self) -> float:
         """Relative spread: interquartile range / median over the repeats.
 
@@ -151,6 +157,7 @@ class Measurement:
         return {
             "time_s": self.median_s,
             "time_min_s": min(self.times_s),
+            "time_p99_s": self.p99_s,
             "spread": self.spread,
             "gflops": self.gflops,
             "gbytes_per_s": self.gbytes_per_s,
