@@ -17,29 +17,6 @@ MODELS = Path(__file__).resolve().parents[1] / "models"
 BATCHES = [1, 16, 64]
 
 
-def _spec_loads_causal_zero() -> bool:
-    """Whether tuner.spec takes a 0 dim (``causal: 0``); its positive-dims check rejected it when plan was written."""
-    try:
-        parse_spec("name: t\nkernel: c_matmul\nproblems: [{M: 1, N: 0, K: 1}]\nbudget: {trials: 1}\n")
-    except SpecError:
-        return False
-    return True
-
-
-# Decode attention is non-causal (causal: 0); until the spec loader takes 0 for a dim, plan skips that spec.
-DECODE_ATTENTION = _spec_loads_causal_zero()
-
-
-@pytest.fixture
-def attention_registered(monkeypatch: pytest.MonkeyPatch):
-    """Plan the attention spec whether or not triton_attention is in the registry yet."""
-    pytest.importorskip("kernels.triton_attention")
-    monkeypatch.setitem(registry.KERNELS, "triton_attention", "kernels.triton_attention:TritonAttention")
-    registry.get_kernel.cache_clear()
-    yield
-    registry.get_kernel.cache_clear()
-
-
 def shapes(problems, name: str) -> list[dict[str, int]]:
     return [dict(p.shape) for p in problems if p.name == name]
 
@@ -93,16 +70,13 @@ def test_moe_intermediate_size_sets_the_expert_width():
     assert shapes(problems, "moe_down")[0]["K"] == 1408
 
 
-@pytest.mark.usefixtures("attention_registered")
 @pytest.mark.parametrize("phase", ["decode", "prefill"])
 @pytest.mark.parametrize("config", ["llama-3-8b.json", "llama-3-70b.json", "mixtral-8x7b.json"])
 def test_every_spec_parses_and_covers_the_batches(config: str, phase: str):
     model = load_model_config(MODELS / config)
     stem = config.removesuffix(".json")
     files = plan_specs(model, stem, BATCHES, ["bf16"], ["nvidia-h100", "nvidia-h200"], 30, 2048, phase=phase)
-    suffixes = {"matmul", "moe"} if "mixtral" in config else {"matmul"}
-    if phase == "prefill" or DECODE_ATTENTION:
-        suffixes.add("attention")
+    suffixes = {"matmul", "moe", "attention"} if "mixtral" in config else {"matmul", "attention"}
     assert set(files) == {f"{stem}-{s}.yaml" for s in suffixes} | {"plan.json"}
     for filename, text in files.items():
         if filename == "plan.json":
@@ -118,24 +92,15 @@ def test_every_spec_parses_and_covers_the_batches(config: str, phase: str):
             assert any(shape["M"] == tokens for shape in spec.problems)
 
 
-@pytest.mark.usefixtures("attention_registered")
-def test_decode_attention_spec_or_the_reason_it_is_skipped():
+def test_decode_attention_is_one_query_against_the_kv_length():
     model = load_model_config(MODELS / "llama-3-70b.json")
     files = plan_specs(model, "l70", BATCHES, ["bf16"], [], 5, 4096)
     skipped = json.loads(files["plan.json"])["skipped"]
-    if DECODE_ATTENTION:
-        spec = parse_spec(files["l70-attention.yaml"])
-        assert spec.problems == [
-            {"batch": BATCHES, "heads": 64, "seq_q": 1, "seq_k": 4096, "head_dim": 128, "causal": 0}
-        ]
-        assert skipped == []
-    else:
-        assert "l70-attention.yaml" not in files
-        assert [s["kernel"] for s in skipped] == ["triton_attention"]
-        assert "generated spec does not load" in skipped[0]["reason"] and "causal" in skipped[0]["reason"]
+    spec = parse_spec(files["l70-attention.yaml"])
+    assert spec.problems == [{"batch": BATCHES, "heads": 64, "seq_q": 1, "seq_k": 4096, "head_dim": 128, "causal": 0}]
+    assert skipped == []
 
 
-@pytest.mark.usefixtures("attention_registered")
 def test_identical_shapes_are_merged_but_the_manifest_keeps_every_name():
     # hidden == intermediate makes o_proj and down_proj the same GEMM
     model = ModelConfig(
@@ -150,10 +115,9 @@ def test_identical_shapes_are_merged_but_the_manifest_keeps_every_name():
     assert manifest["problems"]["down_proj"]["spec"] == manifest["problems"]["o_proj"]["spec"] == "tiny-matmul.yaml"
 
 
-@pytest.mark.usefixtures("attention_registered")
 def test_manifest_counts_and_hardware(tmp_path: Path):
     paths = write_plan(MODELS / "llama-3-70b.json", tmp_path / "out", [1, 16], ["bf16"], ["h100", "h200"], 20, 8192)
-    names = ["llama-3-70b-matmul.yaml", "plan.json"] + (["llama-3-70b-attention.yaml"] if DECODE_ATTENTION else [])
+    names = ["llama-3-70b-matmul.yaml", "plan.json", "llama-3-70b-attention.yaml"]
     assert sorted(p.name for p in paths) == sorted(names)
     assert all(p.parent == tmp_path / "out" and p.is_file() for p in paths)
     manifest = json.loads((tmp_path / "out" / "plan.json").read_text())
@@ -173,7 +137,6 @@ def test_manifest_counts_and_hardware(tmp_path: Path):
             assert "hardware" not in path.read_text()
 
 
-@pytest.mark.usefixtures("attention_registered")
 def test_a_precision_a_kernel_lacks_is_dropped_for_that_kernel_only():
     model = load_model_config(MODELS / "mixtral-8x7b.json")
     files = plan_specs(model, "mx", [1], ["fp8"], [], 5, 1024, phase="prefill")

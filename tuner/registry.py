@@ -15,6 +15,7 @@ KERNELS: dict[str, str] = {
     "triton_matmul": "kernels.triton_matmul:TritonMatmul",
     "cuda_gemm": "kernels.cuda_gemm.kernel:CudaGemm",
     "triton_moe": "kernels.triton_moe:TritonMoE",
+    "triton_attention": "kernels.triton_attention:TritonAttention",
     "torch_decoder": "kernels.torch_decoder:TorchDecoder",
     "torch_linear": "kernels.torch_linear:TorchLinear",
     "noop": "kernels.noop:Noop",
