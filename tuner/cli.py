@@ -316,6 +316,9 @@ def plan(
     seq_len: Annotated[int, typer.Option("--seq-len", min=1, help="KV length (decode) or prompt length")] = 2048,
     phase: Annotated[str, typer.Option(help="decode | prefill")] = "decode",
     name: Annotated[str | None, typer.Option(help="job name prefix (default: the config file's name)")] = None,
+    serving_p99_ms: Annotated[
+        int | None, typer.Option("--serving-p99-ms", min=1, help="also a serving-level job under this p99 budget")
+    ] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="directory for the specs and plan.json")] = Path(
         "cotune-plan"
     ),
@@ -333,6 +336,7 @@ def plan(
         seq_len,
         name=name,
         phase=phase,  # type: ignore[arg-type]
+        serving_p99_ms=serving_p99_ms,
     )
     manifest = json.loads((output / "plan.json").read_text())
     for p in paths:

@@ -69,13 +69,15 @@ def detect(kind: str = "cpu") -> DeviceProfile:
 
 
 def device_for(kernel_name: str, device_kinds: tuple[str, ...]) -> DeviceProfile:
-    """The local device a kernel runs on: the CPU if it can, else CUDA device 0, or a clear error."""
-    if CPU_KIND in device_kinds:
-        return cpu_profile()
-    try:
-        return detect("cuda")
-    except CotuneError as exc:
-        raise CotuneError(f"kernel {kernel_name} runs on {', '.join(device_kinds)} only: {exc}") from None
+    """The local device a kernel runs on: CUDA device 0 when the kernel runs on GPUs and one is here, else
+    the CPU when the kernel runs there too, else a clear error."""
+    if "cuda" in device_kinds:
+        try:
+            return detect("cuda")
+        except CotuneError as exc:
+            if CPU_KIND not in device_kinds:
+                raise CotuneError(f"kernel {kernel_name} runs on {', '.join(device_kinds)} only: {exc}") from None
+    return cpu_profile()
 
 
 PROFILES_DIR = Path(__file__).with_name("device_profiles")

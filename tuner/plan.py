@@ -328,6 +328,7 @@ def plan_specs(
     *,
     phase: Phase = "decode",
     source: str | None = None,
+    serving_p99_ms: int | None = None,
 ) -> dict[str, str]:
     """``{file name: text}``: one job spec per kernel (``<name>-matmul.yaml``, ...) and the ``plan.json`` manifest.
 
@@ -384,11 +385,52 @@ def plan_specs(
         spec_of.update(dict.fromkeys(names, filename))
     if not files:
         raise SpecError("plan: no kernel can run this plan: " + "; ".join(str(s["reason"]) for s in skipped))
+    if serving_p99_ms is not None:
+        filename, text = _serving_spec(model, name, wanted, trials, seq_len, serving_p99_ms, header)
+        files[filename] = text
     manifest = _manifest(
         model, name, source, phase, seq_len, batch_list, wanted, gpus, problems, specs, spec_of, skipped
     )
     files[MANIFEST] = json.dumps(manifest, indent=2) + "\n"
     return files
+
+
+def _serving_spec(
+    model: ModelConfig,
+    name: str,
+    precisions: list[Precision],
+    trials: int,
+    seq_len: int,
+    p99_ms: int,
+    header: list[str],
+) -> tuple[str, str]:
+    """A serving-level job: the whole decoder layer behind a dynamic batcher (``torch_decoder``), for the
+    batch size, instance count and queue delay of a Triton Inference Server config under a p99 budget.
+    An MoE model is served as its dense equivalent here (one expert's MLP); the MoE kernels are tuned apart."""
+    (p99_ms,) = _positive_ints([p99_ms], "serving p99_ms")
+    supported = get_kernel("torch_decoder").precisions
+    usable = [p for p in precisions if p in supported] or [Precision.FP32]
+    dims = {
+        "hidden": model.hidden_size,
+        "heads": model.num_attention_heads,
+        "intermediate": model.expert_intermediate if model.is_moe else model.intermediate_size,
+        "seq": seq_len,
+        "p99_ms": p99_ms,
+    }
+    lines = [f"# {h}" for h in header] + [
+        "# Serving level: export the winner with cotune export <job> --format triton-server",
+        f"name: {json.dumps(name + '-serving')}",
+        "kernel: torch_decoder",
+        "problems:",
+        f"  - {_flow(dims)}",
+        f"precisions: [{', '.join(p.value for p in usable)}]",
+        "objective: max_throughput",
+        f"budget: {{trials: {trials}}}",
+    ]
+    text = "\n".join(lines) + "\n"
+    filename = f"{name}-serving.yaml"
+    parse_spec(text, source=filename)
+    return filename, text
 
 
 def _manifest(
@@ -450,6 +492,7 @@ def write_plan(
     *,
     name: str | None = None,
     phase: Phase = "decode",
+    serving_p99_ms: int | None = None,
 ) -> list[Path]:
     """Plan ``config_path`` and write the specs and ``plan.json`` into ``out_dir`` (created; files overwritten).
 
@@ -467,6 +510,7 @@ def write_plan(
         seq_len,
         phase=phase,
         source=str(config_path),
+        serving_p99_ms=serving_p99_ms,
     )
     out_dir = Path(out_dir)
     try:

@@ -145,7 +145,8 @@ def test_submit_fails_fast_when_the_broker_is_down(service, tmp_path):
 
 def test_a_job_never_runs_on_other_hardware(service, tmp_path):
     service.start_worker("cpu-only")
-    (tmp_path / "spec.yaml").write_text(noop_spec("gpu-bound", trials=2, sleep_ms=1))
+    gpu_job = "name: gpu-bound\nkernel: triton_matmul\nproblems: [{M: 16, N: 64, K: 64}]\nbudget: {trials: 2}\n"
+    (tmp_path / "spec.yaml").write_text(gpu_job)
     done = service.cli("submit", str(tmp_path / "spec.yaml"), "--hardware", "nvidia-h100-80gb-hbm3")
     job = done.stdout.strip()
     time.sleep(4)  # several reaper rounds of the CPU worker
@@ -153,3 +154,9 @@ def test_a_job_never_runs_on_other_hardware(service, tmp_path):
     assert record["hardware"] == "nvidia-h100-80gb-hbm3"
     assert record["state"] == "queued" and record["trials"]["pending"] == 2
     assert service.cli("cancel", job).returncode == 0
+    # and the reverse is refused at submit: a CPU kernel is not sent to a GPU queue, nor a GPU kernel to the CPU
+    (tmp_path / "cpu.yaml").write_text(noop_spec("cpu-bound", trials=2, sleep_ms=1))
+    refused = service.cli("submit", str(tmp_path / "cpu.yaml"), "--hardware", "nvidia-h100-80gb-hbm3")
+    assert refused.returncode == 1 and "kernel noop runs on cpu, not nvidia-h100-80gb-hbm3" in refused.stderr
+    refused = service.cli("submit", str(tmp_path / "spec.yaml"))
+    assert refused.returncode == 1 and "kernel triton_matmul runs on cuda, not cpu" in refused.stderr

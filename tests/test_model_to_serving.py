@@ -1,0 +1,53 @@
+"""The issue's user path on a CPU: a model config -> plan -> a tuned serving-level job -> a Triton Inference
+Server config.pbtxt that Triton's own protobuf parses -> a report with plots. The GPU kernels' specs in the
+same plan are only planned here (they need a GPU to tune)."""
+
+from __future__ import annotations
+
+import json
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from tests.test_end_to_end import cotune
+
+TINY = {
+    "model_type": "llama",
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "num_hidden_layers": 2,
+    "vocab_size": 1000,
+    "max_position_embeddings": 128,
+}
+
+
+def test_plan_tune_export_report(tmp_path):
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY))
+    proc = cotune(
+        "plan", "tiny.json", "--batch", "1", "--batch", "4", "--precision", "fp32", "--seq-len", "32",
+        "--trials", "3", "--serving-p99-ms", "5000", "-o", "plan",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert {p.name for p in (tmp_path / "plan").iterdir()} == {
+        "tiny-matmul.yaml", "tiny-attention.yaml", "tiny-serving.yaml", "plan.json"
+    }  # fmt: skip
+
+    proc = cotune("tune", "plan/tiny-serving.yaml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+
+    proc = cotune("export", "tiny-serving", "--format", "triton-server", "-o", "repo", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    [pbtxt] = list((tmp_path / "repo").glob("*/config.pbtxt"))
+    config = text_format.Parse(pbtxt.read_text(), model_config_pb2.ModelConfig())
+    best = json.loads(cotune("best", "tiny-serving", cwd=tmp_path).stdout)[0]["config"]
+    assert config.max_batch_size == best["max_batch_size"]
+    assert config.instance_group[0].count == best["instances"]
+    assert config.dynamic_batching.max_queue_delay_microseconds == best["queue_delay_us"]
+
+    proc = cotune("report", "tiny-serving", "--plan", "plan/plan.json", "-o", "report/report.md", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "torch_decoder:" in report and (tmp_path / "report" / "problems.png").exists()
