@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from tuner.kernel import BenchSettings, CandidateError
-from tuner.types import DeviceProfile, FailureKind, Measurement, Precision
+from tuner.kernel import BenchSettings, CandidateError, Kernel
+from tuner.types import DeviceProfile, FailureKind, Measurement, Precision, Problem
 
 if TYPE_CHECKING:
     import torch
@@ -76,14 +76,14 @@ def measure_on_gpu(
     call: Callable[[], torch.Tensor],
     reference: torch.Tensor,
     *,
-    tolerance: float,
+    kernel: Kernel,
+    problem: Problem,
     device: DeviceProfile,
     bench: BenchSettings,
-    flops: float,
-    bytes_moved: float,
     fp32_reference: torch.Tensor | None = None,
 ) -> Measurement:
-    """Run once and check against ``reference``, then time (and optionally read energy) on the GPU.
+    """Run once and check against ``reference`` at the problem precision's tolerance, then time (and
+    optionally read energy) on the GPU; flops and bytes come from the kernel's cost model.
 
     ``fp32_reference``, computed from the inputs before they were rounded to the precision, gives the
     error a job's accuracy bound is held to when ``reference`` is not that (fp8, bf16 inputs).
@@ -100,7 +100,7 @@ def measure_on_gpu(
     try:
         out = call()
         torch.cuda.synchronize()
-        err = check(out.float().cpu().numpy(), reference.float().cpu().numpy(), tolerance)
+        err = check(out.float().cpu().numpy(), reference.float().cpu().numpy(), TOLERANCE[problem.dtype])
         fp32_err = None
         if fp32_reference is not None:
             fp32_err = max_rel_error(out.float().cpu().numpy(), fp32_reference.float().cpu().numpy())
@@ -110,7 +110,7 @@ def measure_on_gpu(
         raise
     except Exception as exc:  # noqa: BLE001 - classified below, never swallowed
         raise _classify(exc) from exc
-    return Measurement(times, flops, bytes_moved, err, energy, fp32_err)
+    return Measurement(times, kernel.flops(problem), kernel.bytes_moved(problem), err, energy, fp32_err)
 
 
 def compile_failure(exc: Exception) -> CandidateError:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kernels.gpu import TOLERANCE, cuda_device, make_operand, measure_on_gpu, triton_toolchain
+from kernels.gpu import cuda_device, make_operand, measure_on_gpu, triton_toolchain
 from kernels.gpu_constraints import element_bytes, precision_supported, smem_fits, threads_fit
 from tuner.kernel import BenchSettings, Kernel
 from tuner.types import Config, DeviceProfile, Measurement, Precision, Problem
@@ -160,9 +160,8 @@ class TritonAttention(Kernel):
         return measure_on_gpu(
             call,
             reference,
-            tolerance=TOLERANCE[problem.dtype],
+            kernel=self,
+            problem=problem,
             device=device,
             bench=bench,
-            flops=self.flops(problem),
-            bytes_moved=self.bytes_moved(problem),
         )

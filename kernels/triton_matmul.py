@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from kernels.gpu import (
-    TOLERANCE,
     cuda_device,
     input_dtype,
     make_operand,
@@ -159,10 +158,9 @@ class TritonMatmul(Kernel):
         return measure_on_gpu(
             call,
             reference,
-            tolerance=TOLERANCE[p],
+            kernel=self,
+            problem=problem,
             device=device,
             bench=bench,
-            flops=self.flops(problem),
-            bytes_moved=self.bytes_moved(problem),
             fp32_reference=fp32_reference,
         )

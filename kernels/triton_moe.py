@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kernels.gpu import (
-    TOLERANCE,
     cuda_device,
     input_dtype,
     make_operand,
@@ -149,9 +148,8 @@ class TritonMoE(Kernel):
         return measure_on_gpu(
             call,
             ref,
-            tolerance=TOLERANCE[problem.dtype],
+            kernel=self,
+            problem=problem,
             device=device,
             bench=bench,
-            flops=self.flops(problem),
-            bytes_moved=self.bytes_moved(problem),
         )

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kernels.cuda_gemm.compile import SOURCE, Compiled, arch_of, compile_gemm, nvrtc_version
-from kernels.gpu import TOLERANCE, cuda_device, input_dtype, make_operand, measure_on_gpu
+from kernels.gpu import cuda_device, input_dtype, make_operand, measure_on_gpu
 from kernels.gpu_constraints import WARP, element_bytes, smem_fits
 from tuner.kernel import BenchSettings, CandidateError, Kernel
 from tuner.types import Config, DeviceProfile, FailureKind, Measurement, Precision, Problem
@@ -133,11 +133,10 @@ class CudaGemm(Kernel):
         return measure_on_gpu(
             call,
             reference,
-            tolerance=TOLERANCE[problem.dtype],
+            kernel=self,
+            problem=problem,
             device=device,
             bench=bench,
-            flops=self.flops(problem),
-            bytes_moved=self.bytes_moved(problem),
         )
 
 
