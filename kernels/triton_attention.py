@@ -125,6 +125,22 @@ class TritonAttention(Kernel):
     def toolchain(self) -> dict[str, str]:
         return triton_toolchain()
 
+    precompiles = True
+
+    def precompile(self, problem: Problem, config: Config, device: DeviceProfile) -> None:
+        cuda_device()  # Triton compiles for the GPU this process sees
+        from kernels.gpu import compile_failure, input_dtype
+        from kernels.triton_jit import attention as jit
+
+        d = problem.dims
+        try:
+            jit.warmup(
+                d["seq_q"], d["seq_k"], d["head_dim"], input_dtype(problem.dtype), causal=bool(d["causal"]),
+                **{k: int(config[k]) for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")},
+            )  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - every compiler error is this config's COMPILE failure
+            raise compile_failure(exc) from exc
+
     def measure(self, problem: Problem, config: Config, device: DeviceProfile, bench: BenchSettings) -> Measurement:
         import torch
 

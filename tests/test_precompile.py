@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+import torch
+
 from kernels.c_matmul.kernel import CMatmul
 from kernels.cuda_gemm.compile import arch_of, compile_gemm
 from tuner.device import recorded_profile
@@ -77,3 +80,23 @@ def test_compile_workers_zero_turns_the_pool_off(tmp_path, monkeypatch, cpu) -> 
     [outcome] = tune_job(spec, url, cpu, NullTracker())
     study = optuna.load_study(study_name=outcome.study_name, storage=url)
     assert outcome.measured == 5 and not any("not_measured" in t.user_attrs for t in study.trials)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize(
+    ("kernel", "shape", "config"),
+    [
+        ("triton_matmul", {"M": 128, "N": 1024, "K": 1024},
+         {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "SPLIT_K": 1, "num_warps": 4, "num_stages": 3}),
+        ("triton_attention", {"batch": 1, "heads": 4, "seq_q": 256, "seq_k": 256, "head_dim": 64, "causal": 1},
+         {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}),
+    ],
+)  # fmt: skip
+def test_triton_warmup_in_the_pool_compiles_on_a_gpu(kernel, shape, config) -> None:
+    from tuner.device import detect
+
+    problem = Problem.make(kernel, shape, "bf16")
+    with Precompiler(1) as pool:
+        pool.submit(problem, Config.make(config), detect("cuda"))
+        assert pool.result(Config.make(config), timeout_s=300) is None
