@@ -130,11 +130,27 @@ def _classify(exc: Exception) -> CandidateError:
 
 
 def triton_toolchain() -> dict[str, str]:
-    """Versions that decide what a Triton config compiles to: Triton, torch, and CUDA when present."""
+    """Versions that decide what a Triton config compiles to and how it runs: Triton, torch, and the CUDA
+    runtime and driver when present (recorded with every study and export, compared by revalidate)."""
     import torch
     import triton
 
     out = {"triton": triton.__version__, "torch": torch.__version__}
     if torch.version.cuda:
         out["cuda"] = torch.version.cuda
+    driver = driver_version()
+    if driver:
+        out["driver"] = driver
     return out
+
+
+def driver_version() -> str | None:
+    """The NVIDIA driver version from NVML, or None without a driver (a CPU-only machine)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        version = pynvml.nvmlSystemGetDriverVersion()
+    except Exception:  # noqa: BLE001 - no NVML library or no driver: nothing to record
+        return None
+    return version.decode() if isinstance(version, bytes) else version

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kernels.cuda_gemm.compile import SOURCE, Compiled, arch_of, compile_gemm, nvrtc_version
-from kernels.gpu import cuda_device, input_dtype, make_operand, measure_on_gpu
+from kernels.gpu import cuda_device, driver_version, input_dtype, make_operand, measure_on_gpu
 from kernels.gpu_constraints import WARP, element_bytes, smem_fits
 from tuner.kernel import BenchSettings, CandidateError, Kernel
 from tuner.types import Config, DeviceProfile, FailureKind, Measurement, Precision, Problem
@@ -105,6 +105,9 @@ class CudaGemm(Kernel):
             out["nvrtc"] = nvrtc_version()
         except CandidateError:
             out["nvrtc"] = "not available"
+        driver = driver_version()
+        if driver:
+            out["driver"] = driver
         return out
 
     precompiles = True
