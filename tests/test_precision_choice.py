@@ -53,3 +53,19 @@ def test_a_job_with_a_bound_exports_its_precision_choice(tmp_path) -> None:
     assert choice["chosen"] == "fp32" and choice["accuracy_bound"] == 1e-4
     errors = {o["precision"]: o["error"] for o in choice["options"]}
     assert errors["fp32"] < 1e-4 < errors["bf16"] < 3e-2
+
+
+def test_a_throughput_job_ranks_precisions_by_throughput() -> None:
+    from tuner.types import Objective
+
+    shape = {"M": 16, "N": 64, "K": 64}
+    # a serving kernel: bf16 has the lower median latency but serves fewer flop/s (fewer requests batched)
+    fast_latency = Measurement((0.01,), flops=1e6, max_rel_error=0.004)
+    high_rate = Measurement((0.02,), flops=4e6, max_rel_error=1e-6)
+    winners = [
+        (Problem.make("torch_linear", shape, "bf16"), fast_latency),
+        (Problem.make("torch_linear", shape, "fp32"), high_rate),
+    ]
+    [by_time] = choose(winners, bound=0.01)
+    [by_rate] = choose(winners, bound=0.01, objective=Objective.MAX_THROUGHPUT)
+    assert by_time.chosen == "bf16" and by_rate.chosen == "fp32"

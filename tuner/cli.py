@@ -119,7 +119,7 @@ def tune(
     for o in outcomes:
         out.print(f"best {o.problem.key}: {_fmt_config(o.best.config.values) if o.best else '-'}", highlight=False)
     if job.accuracy_bound is not None:
-        _print_precision_choice(job.accuracy_bound, outcomes)
+        _print_precision_choice(job.accuracy_bound, outcomes, job.objective)
     if tracker.experiment_id:
         out.print(
             f"MLflow runs: mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}  "
@@ -129,10 +129,10 @@ def tune(
         _write_export(settings.storage, job.name, export)
 
 
-def _print_precision_choice(bound: float, outcomes: list[Any]) -> None:
+def _print_precision_choice(bound: float, outcomes: list[Any], objective: Any) -> None:
     from tuner.precision_choice import choose
 
-    for c in choose([(o.problem, o.best.remeasured) for o in outcomes if o.best], bound):
+    for c in choose([(o.problem, o.best.remeasured) for o in outcomes if o.best], bound, objective):
         shape = ",".join(f"{k}={v}" for k, v in c.shape.items())
         ranked = ", ".join(
             f"{o.precision} {_fmt_time(o.time_s)} err {o.error:.1e}{'' if o.within_bound else ' (over)'}"

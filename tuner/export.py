@@ -12,7 +12,7 @@ from tuner.errors import NotFoundError
 from tuner.precision_choice import choose
 from tuner.registry import get_kernel
 from tuner.storage import open_storage
-from tuner.types import Measurement, Problem
+from tuner.types import Measurement, Objective, Problem
 
 SCHEMA_VERSION = 1
 
@@ -70,7 +70,8 @@ def build_export(storage_url: str, job: str) -> dict[str, Any]:
     }
     bounds = {s.user_attrs.get("accuracy_bound") for s in studies} - {None}
     if bounds:  # one job has one bound; max() only guards a study re-labelled by hand
-        data["precision_choice"] = [c.to_json() for c in choose(winners, max(bounds))]
+        objective = Objective(studies[0].user_attrs.get("objective", Objective.MIN_TIME.value))
+        data["precision_choice"] = [c.to_json() for c in choose(winners, max(bounds), objective)]
     return data
 
 

@@ -7,13 +7,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from tuner.types import Measurement, Problem
+from tuner.types import Measurement, Objective, Problem
 
 
 @dataclass(frozen=True)
 class PrecisionOption:
     precision: str
     time_s: float
+    gflops: float
     error: float
     within_bound: bool
 
@@ -23,7 +24,7 @@ class PrecisionChoice:
     kernel: str
     shape: dict[str, int]
     bound: float
-    options: tuple[PrecisionOption, ...]  # fastest first
+    options: tuple[PrecisionOption, ...]  # best first: fastest, or highest throughput
 
     @property
     def chosen(self) -> str | None:
@@ -40,13 +41,21 @@ class PrecisionChoice:
         }
 
 
-def choose(winners: Iterable[tuple[Problem, Measurement]], bound: float) -> list[PrecisionChoice]:
-    """Group re-measured winners by kernel and shape; rank each group's precisions by time."""
+def choose(
+    winners: Iterable[tuple[Problem, Measurement]], bound: float, objective: Objective = Objective.MIN_TIME
+) -> list[PrecisionChoice]:
+    """Group re-measured winners by kernel and shape; rank each group's precisions by the job's objective
+    (throughput for ``max_throughput``: a serving kernel's median time is a request latency, not its rate)."""
     groups: dict[tuple[str, tuple], list[PrecisionOption]] = {}
     for problem, m in winners:
-        option = PrecisionOption(problem.dtype.value, m.median_s, m.accuracy_error, m.accuracy_error <= bound)
+        err = m.accuracy_error
+        option = PrecisionOption(problem.dtype.value, m.median_s, m.gflops, err, err <= bound)
         groups.setdefault((problem.kernel, problem.shape), []).append(option)
+
+    def rank(o: PrecisionOption) -> float:
+        return -o.gflops if objective is Objective.MAX_THROUGHPUT else o.time_s
+
     return [
-        PrecisionChoice(kernel, dict(shape), bound, tuple(sorted(options, key=lambda o: o.time_s)))
+        PrecisionChoice(kernel, dict(shape), bound, tuple(sorted(options, key=rank)))
         for (kernel, shape), options in groups.items()
     ]
