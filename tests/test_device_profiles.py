@@ -93,3 +93,16 @@ def test_profile_timer_and_energy_on_a_gpu() -> None:
     assert len(graph_times) >= 10
     joules = energy_per_call(lambda: a @ a, sorted(times)[len(times) // 2])
     assert 0 < joules < 10
+
+
+def test_validate_counts_what_a_recorded_gpu_can_run(tmp_path) -> None:
+    from tests.test_end_to_end import cotune
+
+    spec = "name: v\nkernel: triton_matmul\nproblems: [{M: 16, N: 4096, K: 4096}]\nprecisions: [fp8]\n"
+    spec += "budget: {trials: 5}\n"
+    (tmp_path / "spec.yaml").write_text(spec)
+    a100 = cotune("validate", "spec.yaml", "--device", "nvidia-a100-sxm4-80gb", cwd=tmp_path)
+    h100 = cotune("validate", "spec.yaml", "--device", "NVIDIA H100 80GB HBM3", cwd=tmp_path)
+    assert a100.returncode == 0 and h100.returncode == 0, a100.stderr + h100.stderr
+    assert "on NVIDIA A100-SXM4-80GB: 0 feasible; pruned by precision_supported 15360" in " ".join(a100.stdout.split())
+    assert "on NVIDIA H100 80GB HBM3: 2976 feasible" in " ".join(h100.stdout.split())

@@ -32,8 +32,14 @@ def _settings(storage: str | None, mlflow_uri: str | None, spec: Any = None):
 
 @app.command()
 @clean_errors
-def validate(spec: Path) -> None:
-    """Check a job spec and its search space without running anything."""
+def validate(
+    spec: Path,
+    device: Annotated[
+        str | None, typer.Option(help="a recorded device profile (e.g. nvidia-a100-sxm4-80gb): count feasible configs")
+    ] = None,
+) -> None:
+    """Check a job spec and its search space without running anything; with --device, how many configs of
+    each problem that device can run, and why the others are pruned (no GPU needed)."""
     from tuner.registry import get_kernel
     from tuner.spec import load_spec
 
@@ -48,6 +54,22 @@ def validate(spec: Path) -> None:
     )
     problems = job.expand()
     out.print(f"{spec}: ok — kernel {job.kernel}, {len(problems)} problem(s), space of {space.size} points")
+    if device is None:
+        return
+    from collections import Counter
+
+    from tuner.device import recorded_profile
+
+    profile = recorded_profile(device)
+    for p in problems:
+        reasons = Counter()
+        for config in space.points():
+            reason = space.violation(config, p, profile)
+            if reason:
+                reasons[reason.split(":")[0].split(" (")[0]] += 1
+        feasible = space.size - sum(reasons.values())
+        top = ", ".join(f"{name} {n}" for name, n in reasons.most_common(3))
+        out.print(f"  {p.key} on {profile.name}: {feasible} feasible" + (f"; pruned by {top}" if top else ""))
 
 
 @app.command()
