@@ -332,3 +332,12 @@ def test_autotune_without_triton_results_is_an_error(tmp_path: Path) -> None:
     cpu = entry("c_matmul", {"M": 64, "N": 64, "K": 64}, "fp32", {"TILE": 32}, 0, device="Intel Xeon", kind="cpu")
     with pytest.raises(SpecError, match="no triton_matmul or triton_moe results"):
         AutotuneExporter().write(make_export([cpu]), tmp_path)
+
+
+def test_rest_api_returns_the_same_files_as_the_cli(export: dict, tmp_path: Path) -> None:
+    from tuner.api import _serving_files
+
+    served = _serving_files(export, "vllm")
+    written = get_exporter("vllm").write(export, tmp_path)
+    assert served["format"] == "vllm"
+    assert served["files"] == {str(p.relative_to(tmp_path)): p.read_text() for p in written}

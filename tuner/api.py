@@ -27,6 +27,10 @@ YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yam
 
 class ExportFormat(StrEnum):
     COTUNE = "cotune"
+    VLLM = "vllm"
+    SGLANG = "sglang"
+    TRITON_SERVER = "triton-server"
+    AUTOTUNE = "autotune"
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
@@ -91,8 +95,12 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     @api.get("/jobs/{job_id}/export")
     def get_export(job_id: str, format: ExportFormat = ExportFormat.COTUNE) -> dict[str, Any]:  # noqa: A002
-        """The job's best configs as a serving file (``cotune``: the versioned JSON tuner.serving reads)."""
-        return _export(job_id, settings, record_or_404)
+        """The job's best configs: ``cotune``, the versioned JSON tuner.serving reads; any other format, the
+        files that ``cotune export --format`` writes, as ``{"format", "files": {relative path: text}}``."""
+        data = _export(job_id, settings, record_or_404)
+        if format is ExportFormat.COTUNE:
+            return data
+        return _serving_files(data, format.value)
 
     @api.delete("/jobs/{job_id}", dependencies=[Depends(require_token)])
     def cancel_job(job_id: str) -> dict[str, Any]:
@@ -114,6 +122,22 @@ def _export(job_id: str, settings: ServiceSettings, record_or_404) -> dict[str, 
         raise HTTPException(409, str(exc)) from None
     except CotuneError as exc:
         raise HTTPException(500, str(exc)) from None
+
+
+def _serving_files(data: dict[str, Any], fmt: str) -> dict[str, Any]:
+    """Run the exporter into a scratch folder and return what it wrote (409 when the format does not apply,
+    e.g. vLLM files for a job without fused-MoE results)."""
+    import tempfile
+    from pathlib import Path
+
+    from tuner.exporters import get_exporter
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            paths = get_exporter(fmt).write(data, Path(tmp))
+        except SpecError as exc:
+            raise HTTPException(409, str(exc)) from None
+        return {"format": fmt, "files": {str(p.relative_to(tmp)): p.read_text() for p in paths}}
 
 
 async def _parse_spec(request: Request) -> JobSpec:
