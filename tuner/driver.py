@@ -24,6 +24,7 @@ from tuner.spec import JobSpec
 from tuner.stopping import StallDetector
 from tuner.storage import open_storage
 from tuner.tracker import BestLog, StudyInfo, Tracker, TrialLog
+from tuner.transfer import neighbour_winners
 from tuner.types import Config, DeviceProfile, FailureKind, Measurement, Objective, Problem, TrialStatus
 
 # Stop asking when this many proposals in a row were infeasible or already measured.
@@ -76,7 +77,12 @@ def tune_job(
             name = study_name(spec.name, problem, device)
             session = StudySession(spec, kernel, space, problem, device, storage, runner, tracker, name)
             session.fail_stale_running()
-            session.enqueue((priors or {}).get(problem.key, []))
+            budget = session.feasible_budget()
+            if budget is None or session.objective.measured < budget:  # a finished study asks nothing more
+                warm = list((priors or {}).get(problem.key, []))
+                if spec.sampler.transfer:
+                    warm += neighbour_winners(storage, space, problem, device, kernel.batch_dim)
+                session.enqueue(warm)
             outcomes.append(_tune_problem(session, on_progress))
     tracker.close()
     return outcomes

@@ -37,6 +37,9 @@ class Budget(_Strict):
 class SamplerSpec(_Strict):
     name: Literal["cotune", "tpe", "tpe-mv", "random", "gp", "cmaes"] = "cotune"
     seed: int | None = None
+    transfer: bool = Field(
+        default=True, description="measure first the winners of this kernel on neighbouring shapes (same storage)"
+    )
 
 
 class BenchSpec(_Strict):
