@@ -10,7 +10,8 @@ import pytest
 
 from tuner import registry
 from tuner.errors import SpecError
-from tuner.plan import ModelConfig, layer_problems, load_model_config, parse_model_config, plan_specs, write_plan
+from tuner.model_config import ModelConfig, load_model_config, parse_model_config
+from tuner.plan import layer_problems, plan_specs, write_plan
 from tuner.spec import parse_spec
 
 MODELS = Path(__file__).resolve().parents[1] / "models"

@@ -10,24 +10,12 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from tuner import service_cli
-from tuner.console import clean_errors, out
+from tuner import codesign_cli, service_cli
+from tuner.cli_stores import StorageOpt, resolve_settings, storage_for
+from tuner.console import clean_errors, fmt_time, out
 from tuner.service_cli import is_service_job, show_record
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="cotune: kernel autotuner (Optuna + MLflow)")
-StorageOpt = Annotated[str | None, typer.Option(help="Optuna storage URL (else $COTUNE_STORAGE, spec, default)")]
-MlflowOpt = Annotated[str | None, typer.Option(help="MLflow tracking URI (else $MLFLOW_TRACKING_URI, spec, default)")]
-
-
-def _settings(storage: str | None, mlflow_uri: str | None, spec: Any = None):
-    from tuner.settings import Settings
-
-    return Settings.resolve(
-        storage=storage,
-        mlflow_tracking_uri=mlflow_uri,
-        spec_storage=getattr(spec, "storage", None),
-        spec_mlflow=getattr(spec, "mlflow_tracking_uri", None),
-    )
 
 
 @app.command()
@@ -94,7 +82,7 @@ def tune(
     job = load_spec(spec)
     kernel = get_kernel(job.kernel)
     device = device_for(kernel.name, kernel.device_kinds)
-    settings = _settings(storage, mlflow_uri, job)
+    settings = resolve_settings(storage, mlflow_uri, job)
     # Each store is checked before anything is written for the next, so a bad URL leaves nothing behind.
     ensure_parent_dir(settings.storage)
     open_storage(settings.storage)
@@ -132,7 +120,7 @@ def tune(
         table.add_row(
             o.problem.key,
             f"{o.measured}/{o.failed}/{o.pruned}",
-            _fmt_time(b.remeasured.median_s) if b else "-",
+            fmt_time(b.remeasured.median_s) if b else "-",
             f"{b.remeasured.gflops:.1f}" if b else "-",
             f"{b.remeasured.spread:.1%}" if b else "-",
             *((f"{b.remeasured.energy_j:.3g}" if b else "-",) if energy else ()),
@@ -157,7 +145,7 @@ def _print_precision_choice(bound: float, outcomes: list[Any], objective: Any) -
     for c in choose([(o.problem, o.best.remeasured) for o in outcomes if o.best], bound, objective):
         shape = ",".join(f"{k}={v}" for k, v in c.shape.items())
         ranked = ", ".join(
-            f"{o.precision} {_fmt_time(o.time_s)} err {o.error:.1e}{'' if o.within_bound else ' (over)'}"
+            f"{o.precision} {fmt_time(o.time_s)} err {o.error:.1e}{'' if o.within_bound else ' (over)'}"
             for o in c.options
         )
         out.print(f"precision for {c.kernel}:{shape} (error <= {bound:g}): {c.chosen or 'none'}; {ranked}")
@@ -179,7 +167,7 @@ def status(
     from tuner.storage import open_storage
     from tuner.types import Measurement
 
-    url = _settings(storage, None).storage
+    url = resolve_settings(storage, None).storage
     summaries = optuna.get_all_study_summaries(open_storage(url, create=False))
     rows = []
     for s in summaries:
@@ -208,7 +196,7 @@ def status(
             r["study"],
             str(r["trials"]),
             _fmt_config(r["best_config"]) if r["best_config"] else "-",
-            _fmt_time(r["best_time_s"]) if r["best_time_s"] else "-",
+            fmt_time(r["best_time_s"]) if r["best_time_s"] else "-",
         )
     out.print(table)
 
@@ -219,7 +207,7 @@ def best(job: str, storage: StorageOpt = None) -> None:
     """Print the re-measured best config of each problem of a job, as JSON."""
     from tuner.export import build_export
 
-    data = build_export(_storage_for(job, storage), job)
+    data = build_export(storage_for(job, storage), job)
     print(
         json.dumps(
             [{k: e[k] for k in ("kernel", "shape", "dtype", "config", "metrics")} for e in data["entries"]], indent=2
@@ -244,7 +232,7 @@ def export(
     from tuner.exporters import get_exporter
 
     exporter = get_exporter(fmt)
-    data = build_export(_storage_for(job, storage), job)
+    data = build_export(storage_for(job, storage), job)
     if verify:
         _verify_export(data)
     if fmt == "cotune":  # one file, at the path given (the other formats write a tree under a directory)
@@ -258,22 +246,20 @@ def export(
 
 def _verify_export(data: dict[str, Any]) -> None:
     """Every config must still compile, verify and run here, on the device it was tuned on."""
-    from tuner.device import device_for
-    from tuner.errors import CotuneError
-    from tuner.registry import get_kernel
-    from tuner.revalidate import CheckStatus, revalidate
-    from tuner.spec import BenchSpec
+    from collections import Counter
 
-    for name in sorted({e["kernel"] for e in data["entries"]}):
-        part = {**data, "entries": [e for e in data["entries"] if e["kernel"] == name]}
-        checks = revalidate(part, device_for(name, get_kernel(name).device_kinds), BenchSpec().settings(), 1e9)
-        bad = [c for c in checks if c.status in (CheckStatus.FAILED, CheckStatus.SKIPPED)]
-        if bad:
-            raise CotuneError(
-                f"cannot verify {bad[0].problem.key}: {bad[0].reason} ({len(bad)} of {len(checks)} configs); "
-                "export on the machine that tuned them, or without --verify"
-            )
-        out.print(f"verified {len(checks)} {name} config(s) on this machine")
+    from tuner.errors import CotuneError
+    from tuner.revalidate import CheckStatus, revalidate_here
+
+    checks = revalidate_here(data, threshold=float("inf"))  # only whether each runs, not how fast
+    bad = [c for c in checks if c.status in (CheckStatus.FAILED, CheckStatus.SKIPPED)]
+    if bad:
+        raise CotuneError(
+            f"cannot verify {bad[0].problem.key}: {bad[0].reason} ({len(bad)} of {len(checks)} configs); "
+            "export on the machine that tuned them, or without --verify"
+        )
+    for kernel, n in sorted(Counter(c.problem.kernel for c in checks).items()):
+        out.print(f"verified {n} {kernel} config(s) on this machine")
 
 
 @app.command()
@@ -327,181 +313,12 @@ def kernels() -> None:
     out.print(table)
 
 
-@app.command()
-@clean_errors
-def plan(
-    model_config: Annotated[Path, typer.Argument(metavar="MODEL_CONFIG.json", help="a Hugging Face config.json")],
-    batch: Annotated[list[int], typer.Option("--batch", help="batch size (repeat the flag)")] = [1, 16, 64],  # noqa: B006
-    precision: Annotated[list[str], typer.Option("--precision", help="repeat for several")] = ["bf16"],  # noqa: B006
-    hardware: Annotated[list[str], typer.Option("--hardware", help="GPU kinds to compare (repeat)")] = [],  # noqa: B006
-    trials: Annotated[int, typer.Option(min=1, help="trial budget per problem")] = 50,
-    seq_len: Annotated[int, typer.Option("--seq-len", min=1, help="KV length (decode) or prompt length")] = 2048,
-    phase: Annotated[str, typer.Option(help="decode | prefill")] = "decode",
-    name: Annotated[str | None, typer.Option(help="job name prefix (default: the config file's name)")] = None,
-    serving_p99_ms: Annotated[
-        int | None, typer.Option("--serving-p99-ms", min=1, help="also a serving-level job under this p99 budget")
-    ] = None,
-    output: Annotated[Path, typer.Option("-o", "--output", help="directory for the specs and plan.json")] = Path(
-        "cotune-plan"
-    ),
-) -> None:
-    """Write job specs for every GEMM, attention and MoE problem of one decoder layer and the LM head."""
-    from tuner.plan import write_plan
-
-    paths = write_plan(
-        model_config,
-        output,
-        batch,
-        precision,
-        hardware,
-        trials,
-        seq_len,
-        name=name,
-        phase=phase,  # type: ignore[arg-type]
-        serving_p99_ms=serving_p99_ms,
-    )
-    manifest = json.loads((output / "plan.json").read_text())
-    for p in paths:
-        out.print(f"wrote {p}")
-    for skip in manifest.get("skipped", []):
-        out.print(f"[yellow]skipped {skip['kernel']}[/yellow] ({', '.join(skip['problems'])}): {skip['reason']}")
-    specs = [p for p in paths if p.suffix == ".yaml"]
-    if specs:
-        out.print(f"next: cotune tune {specs[0]}  (or cotune submit {specs[0]} --hardware <gpu>)")
-
-
-@app.command()
-@clean_errors
-def report(
-    jobs: Annotated[list[str], typer.Argument(metavar="JOB...", help="jobs to compare (e.g. one per GPU kind)")],
-    plan_file: Annotated[Path | None, typer.Option("--plan", help="plan.json from cotune plan")] = None,
-    output: Annotated[Path, typer.Option("-o", "--output", help="report.md or report.html")] = Path(
-        "cotune-report/report.md"
-    ),
-    storage: StorageOpt = None,
-    mlflow_uri: Annotated[str | None, typer.Option("--mlflow-uri")] = None,
-) -> None:
-    """Co-design report: per hardware x precision, tuned time per layer, estimated decode tokens/s, % of
-    roofline and J/token, with plots; logged to each job's MLflow parent runs."""
-    from tuner.errors import SpecError
-    from tuner.export import build_export, job_studies
-    from tuner.mlflow_tracker import open_client
-    from tuner.report import write_report
-
-    exports = [build_export(_storage_for(j, storage), j) for j in jobs]
-    plan_data = None
-    if plan_file is not None:
-        try:
-            plan_data = json.loads(plan_file.read_text())
-            plan_data["problems"], plan_data["batches"]  # noqa: B018 - the keys the report reads
-        except (OSError, ValueError, KeyError) as exc:
-            raise SpecError(f"{plan_file}: not a plan.json from cotune plan ({type(exc).__name__}: {exc})") from None
-    files = write_report(jobs, exports, plan_data, output)
-    out.print(f"wrote {', '.join(str(f) for f in files)}")
-    client = open_client(_settings(storage, mlflow_uri).mlflow_tracking_uri)
-    runs = {s.user_attrs.get("mlflow_run_id") for j in jobs for s in job_studies(_storage_for(j, storage), j)}
-    for run_id in sorted(r for r in runs if r):
-        for f in files:
-            client.log_artifact(run_id, str(f), "report")
-    out.print(f"logged to {len([r for r in runs if r])} MLflow run(s) under artifacts/report")
-
-
-@app.command()
-@clean_errors
-def revalidate(
-    export_file: Annotated[Path, typer.Argument(metavar="EXPORT")],
-    threshold: Annotated[float, typer.Option(min=0, help="slowdown that counts as a regression (0.05 = 5 %)")] = 0.05,
-    retune: Annotated[bool, typer.Option(help="re-tune the regressed problems, old winners first")] = True,
-    trials: Annotated[int, typer.Option(min=1, help="trial budget per re-tuned problem")] = 30,
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="export of the re-tuned job")] = None,
-    storage: StorageOpt = None,
-    mlflow_uri: Annotated[str | None, typer.Option("--mlflow-uri")] = None,
-) -> None:
-    """Re-measure an export's configs on this toolchain and device; re-tune only the regressed problems."""
-    from tuner.device import device_for
-    from tuner.errors import SpecError
-    from tuner.registry import get_kernel
-    from tuner.revalidate import revalidate as run_checks
-    from tuner.spec import BenchSpec
-
-    try:
-        data = json.loads(export_file.read_text())
-        kernels = sorted({e["kernel"] for e in data["entries"]})
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise SpecError(f"{export_file}: not a cotune export ({type(exc).__name__}: {exc})") from None
-    checks = []
-    for name in kernels:
-        kernel = get_kernel(name)
-        part = {**data, "entries": [e for e in data["entries"] if e["kernel"] == name]}
-        device = device_for(name, kernel.device_kinds)
-        checks += run_checks(part, device, BenchSpec().settings(), threshold)
-    table = Table(title=f"revalidate {export_file} (regression: > {threshold:.0%} slower)")
-    for col in ("problem", "exported", "now", "change", "status"):
-        table.add_column(col, no_wrap=col != "problem")
-    for c in checks:
-        change = "-" if c.change is None else f"{c.change:+.1%}"
-        now = "-" if c.new_time_s is None else _fmt_time(c.new_time_s)
-        table.add_row(c.problem.key, _fmt_time(c.old_time_s), now, change, c.status.value)
-    out.print(table)
-    for c in checks:
-        for line in ([c.reason] if c.reason and c.status.value != "ok" else []) + list(c.toolchain_changes):
-            out.print(f"  {c.problem.key}: {line}", highlight=False)
-    stale = [c for c in checks if c.needs_retune]
-    if not stale:
-        out.print("no regressions: nothing to re-tune")
-        return
-    if retune:
-        _retune(data["job"], stale, trials, output, storage, mlflow_uri)
-
-
-def _retune(job: str, stale: list[Any], trials: int, output: Path | None, storage: str | None, mlflow_uri: str | None):
-    """One job per (kernel, precision) of the regressed problems, each warm-started from its old winner."""
-    from tuner.device import device_for
-    from tuner.driver import tune_job
-    from tuner.mlflow_tracker import MlflowTracker
-    from tuner.registry import get_kernel
-    from tuner.revalidate import retune_priors
-    from tuner.settings import ensure_parent_dir
-    from tuner.spec import parse_spec
-
-    groups: dict[tuple[str, str], list[Any]] = {}
-    for c in stale:
-        groups.setdefault((c.problem.kernel, c.problem.dtype.value), []).append(c)
-    name = f"{job}-revalidated"
-    settings = _settings(storage, mlflow_uri)
-    ensure_parent_dir(settings.storage)
-    ensure_parent_dir(settings.mlflow_tracking_uri)
-    for (kernel, dtype), checks in groups.items():
-        problems = "\n".join(f"  - {json.dumps(c.problem.dims)}" for c in checks)
-        spec = parse_spec(
-            f"name: {name}\nkernel: {kernel}\nproblems:\n{problems}\nprecisions: [{dtype}]\n"
-            f"budget: {{trials: {trials}}}\n",
-            source="<revalidate>",
-        )
-        device = device_for(kernel, get_kernel(kernel).device_kinds)
-        out.print(f"re-tuning {len(checks)} {kernel} {dtype} problem(s), old winners first")
-        tune_job(
-            spec, settings.storage, device, MlflowTracker(settings.mlflow_tracking_uri), priors=retune_priors(checks)
-        )
-    if output:
-        _write_export(settings.storage, name, output)
-
-
 def _write_export(storage_url: str, job: str, path: Path) -> None:
     from tuner.export import build_export, write_export
 
     data = build_export(storage_url, job)
     write_export(data, path)
     out.print(f"wrote {path} ({len(data['entries'])} entries)")
-
-
-def _storage_for(job: str, storage: str | None) -> str:
-    """Service job ids live in the service's storage; local job names in the local one."""
-    if storage is None and is_service_job(job):
-        from tuner.settings import ServiceSettings
-
-        return ServiceSettings.from_env().storage
-    return _settings(storage, None).storage
 
 
 def raise_not_found(job: str, url: str) -> None:
@@ -514,17 +331,16 @@ def _fmt_config(values: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in values.items())
 
 
-def _fmt_time(seconds: float) -> str:
-    return f"{seconds * 1e3:.3f} ms" if seconds < 1 else f"{seconds:.3f} s"
-
-
 def _fmt_value(value: float, objective: str) -> str:
     if objective == "max_throughput":
         return f"{value:.1f} GFLOP/s"
-    return f"{value:.3g} J" if objective == "min_energy" else _fmt_time(value)
+    return f"{value:.3g} J" if objective == "min_energy" else fmt_time(value)
 
 
 for _command in (
+    codesign_cli.plan,
+    codesign_cli.report,
+    codesign_cli.revalidate,
     service_cli.submit,
     service_cli.jobs,
     service_cli.watch,

@@ -9,12 +9,14 @@ slower by more than the threshold.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from tuner.isolation import CandidateRunner, Request
 from tuner.kernel import BenchSettings
 from tuner.registry import get_kernel
+from tuner.tracker import Tracker
 from tuner.types import Config, DeviceProfile, Failure, Problem
 
 
@@ -77,6 +79,47 @@ def _toolchain_changes(old: dict[str, str], new: dict[str, str]) -> tuple[str, .
     )
 
 
+def revalidate_here(export: dict[str, Any], threshold: float) -> list[Check]:
+    """:func:`revalidate` for every kernel of an export, each on the local device it runs on."""
+    from tuner.device import device_for
+    from tuner.spec import BenchSpec
+
+    checks: list[Check] = []
+    for name in sorted({e["kernel"] for e in export["entries"]}):
+        part = {**export, "entries": [e for e in export["entries"] if e["kernel"] == name]}
+        device = device_for(name, get_kernel(name).device_kinds)
+        checks += revalidate(part, device, BenchSpec().settings(), threshold)
+    return checks
+
+
 def retune_priors(checks: list[Check]) -> dict[str, list[Config]]:
     """The old winner of each problem to re-tune, to be measured first."""
     return {c.problem.key: [c.config] for c in checks if c.needs_retune}
+
+
+def retune(
+    job: str, stale: list[Check], trials: int, storage_url: str, new_tracker: Callable[[], Tracker]
+) -> Iterator[str]:
+    """Re-tune the stale problems as job ``<job>-revalidated``: one job spec per (kernel, precision), each
+    problem warm-started from its old winner, each logged by a fresh tracker (tune_job closes it). Yields a
+    line per spec before tuning it."""
+    from tuner.device import device_for
+    from tuner.driver import tune_job
+    from tuner.spec import JobSpec
+
+    groups: dict[tuple[str, str], list[Check]] = {}
+    for c in stale:
+        groups.setdefault((c.problem.kernel, c.problem.dtype.value), []).append(c)
+    for (kernel, dtype), checks in groups.items():
+        spec = JobSpec.model_validate(
+            {
+                "name": f"{job}-revalidated",
+                "kernel": kernel,
+                "problems": [c.problem.dims for c in checks],
+                "precisions": [dtype],
+                "budget": {"trials": trials},
+            }
+        )
+        yield f"re-tuning {len(checks)} {kernel} {dtype} problem(s), old winners first"
+        device = device_for(kernel, get_kernel(kernel).device_kinds)
+        tune_job(spec, storage_url, device, new_tracker(), priors=retune_priors(checks))

@@ -1,0 +1,33 @@
+"""Where the CLI's commands find their stores: the shared storage/MLflow options and how a job name or a
+service job id resolves to an Optuna storage URL."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+StorageOpt = Annotated[str | None, typer.Option(help="Optuna storage URL (else $COTUNE_STORAGE, spec, default)")]
+MlflowOpt = Annotated[str | None, typer.Option(help="MLflow tracking URI (else $MLFLOW_TRACKING_URI, spec, default)")]
+
+
+def resolve_settings(storage: str | None, mlflow_uri: str | None, spec: Any = None):  # noqa: ANN201 - Settings
+    from tuner.settings import Settings
+
+    return Settings.resolve(
+        storage=storage,
+        mlflow_tracking_uri=mlflow_uri,
+        spec_storage=getattr(spec, "storage", None),
+        spec_mlflow=getattr(spec, "mlflow_tracking_uri", None),
+    )
+
+
+def storage_for(job: str, storage: str | None) -> str:
+    """Service job ids live in the service's storage; local job names in the local one."""
+    from tuner.service_cli import is_service_job
+
+    if storage is None and is_service_job(job):
+        from tuner.settings import ServiceSettings
+
+        return ServiceSettings.from_env().storage
+    return resolve_settings(storage, None).storage
