@@ -113,20 +113,25 @@ def measure_on_gpu(
     return Measurement(times, kernel.flops(problem), kernel.bytes_moved(problem), err, energy, fp32_err)
 
 
+def _summary(exc: Exception) -> str:
+    """``Type: first line of the message`` (the type alone when there is no message)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:400] if text else type(exc).__name__}"
+
+
 def compile_failure(exc: Exception) -> CandidateError:
-    """A compiler exception as this config's COMPILE failure (first line of the message)."""
-    text = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else ""
-    return CandidateError(FailureKind.COMPILE, f"{type(exc).__name__}: {text}")
+    """A compiler exception as this config's COMPILE failure."""
+    return CandidateError(FailureKind.COMPILE, _summary(exc))
 
 
 def _classify(exc: Exception) -> CandidateError:
     name = type(exc).__name__
-    text = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else name
     if name in ("CompilationError", "OutOfResources", "PTXASError"):
-        return CandidateError(FailureKind.COMPILE, f"{name}: {text}")
-    if "CUDA" in text or "cuda" in name.lower() or "AcceleratorError" in name:
-        return CandidateError(FailureKind.RUNTIME, f"{name}: {text}", restart=True)
-    return CandidateError(FailureKind.RUNTIME, f"{name}: {text}")
+        return compile_failure(exc)
+    summary = _summary(exc)
+    if "CUDA" in summary or "cuda" in name.lower() or "AcceleratorError" in name:
+        return CandidateError(FailureKind.RUNTIME, summary, restart=True)
+    return CandidateError(FailureKind.RUNTIME, summary)
 
 
 def triton_toolchain() -> dict[str, str]:

@@ -34,7 +34,3 @@ def smem_fits(need_bytes: int, device: DeviceProfile) -> str | None:
     if limit and need_bytes > limit:
         return f"needs ~{need_bytes // 1024} KiB shared memory > {limit // 1024} KiB per block on {device.name}"
     return None
-
-
-def element_bytes(precision: Precision) -> int:
-    return {Precision.FP8: 1, Precision.FP16: 2, Precision.BF16: 2}.get(precision, 4)

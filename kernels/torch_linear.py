@@ -5,30 +5,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kernels.gemm import GemmKernel
 from kernels.timing import time_calls
 from kernels.verify import check
-from tuner.kernel import BenchSettings, Kernel
+from tuner.kernel import BenchSettings
 from tuner.types import Config, DeviceProfile, Measurement, Precision, Problem
 
 # Relative to the reference's largest magnitude; bf16 keeps 8 mantissa bits (2^-8 ~ 4e-3 per element).
 TOLERANCE = {Precision.FP32: 1e-4, Precision.BF16: 3e-2}
 
 
-class TorchLinear(Kernel):
+class TorchLinear(GemmKernel):
     name = "torch_linear"
     description = "torch linear layer on CPU (threads, weight layout, batch split)"
-    shape_dims = ("M", "N", "K")
-    batch_dim = "M"
     precisions = (Precision.FP32, Precision.BF16)
-
-    def flops(self, problem: Problem) -> float:
-        d = problem.dims
-        return 2.0 * d["M"] * d["N"] * d["K"]
-
-    def bytes_moved(self, problem: Problem) -> float:
-        d = problem.dims
-        size = 4 if problem.dtype is Precision.FP32 else 2
-        return size * (d["M"] * d["K"] + d["K"] * d["N"] + d["M"] * d["N"])
 
     def source_files(self) -> tuple[Path, ...]:
         return (Path(__file__),)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kernels.gpu import cuda_device, make_operand, measure_on_gpu, triton_toolchain
-from kernels.gpu_constraints import element_bytes, precision_supported, smem_fits, threads_fit
+from kernels.gpu_constraints import precision_supported, smem_fits, threads_fit
 from tuner.kernel import BenchSettings, Kernel
 from tuner.types import Config, DeviceProfile, Measurement, Precision, Problem
 
@@ -44,7 +44,7 @@ def smem_estimate(config: Config, problem: Problem, device: DeviceProfile) -> in
     kv_stages = stages if wgmma else max(stages - 1, 1)
     p_tile = bm * bn if fp32 or (d > bm and stages > 1 and not wgmma) else 0
     scratch = 4 * bm * warps if fp32 else 0
-    return element_bytes(problem.dtype) * (bm * d + kv_stages * 2 * bn * d + p_tile) + scratch
+    return problem.dtype.itemsize * (bm * d + kv_stages * 2 * bn * d + p_tile) + scratch
 
 
 def _warpgroup_mma(block_m: int, warps: int, fp32: bool, device: DeviceProfile) -> bool:
@@ -117,7 +117,7 @@ class TritonAttention(Kernel):
         """Q, K and V read once and O written once: the traffic a fused kernel cannot avoid."""
         d = problem.dims
         rows = 2 * d["seq_q"] + 2 * d["seq_k"]
-        return float(element_bytes(problem.dtype) * d["batch"] * d["heads"] * rows * d["head_dim"])
+        return float(problem.dtype.itemsize * d["batch"] * d["heads"] * rows * d["head_dim"])
 
     def source_files(self) -> tuple[Path, ...]:
         return (JIT_SOURCE, Path(__file__))

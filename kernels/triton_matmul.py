@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kernels.gemm import GemmKernel
 from kernels.gpu import (
     cuda_device,
     input_dtype,
@@ -15,8 +16,8 @@ from kernels.gpu import (
     quantize_fp8,
     triton_toolchain,
 )
-from kernels.gpu_constraints import element_bytes, precision_supported, smem_fits, threads_fit
-from tuner.kernel import BenchSettings, Kernel
+from kernels.gpu_constraints import precision_supported, smem_fits, threads_fit
+from tuner.kernel import BenchSettings
 from tuner.types import Config, DeviceProfile, Measurement, Precision, Problem
 
 JIT_SOURCE = Path(__file__).with_name("triton_jit") / "matmul.py"
@@ -55,7 +56,7 @@ def smem_estimate(config: Config, precision: Precision) -> int:
     exact or up to a stage too high, never low.
     """
     bm, bn, bk, stages = (int(config[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_stages"))
-    return stages * (bm * bk + bk * bn) * element_bytes(precision)
+    return stages * (bm * bk + bk * bn) * precision.itemsize
 
 
 def _smem_fits(config: Config, problem: Problem, device: DeviceProfile) -> str | None:
@@ -81,11 +82,9 @@ def _blocks_fit_problem(config: Config, problem: Problem, device: DeviceProfile)
     return None
 
 
-class TritonMatmul(Kernel):
+class TritonMatmul(GemmKernel):
     name = "triton_matmul"
     description = "Triton tiled matmul x @ W^T (tiles, group order, split-K, warps, stages; fp32..fp8)"
-    shape_dims = ("M", "N", "K")
-    batch_dim = "M"
     precisions = (Precision.FP32, Precision.TF32, Precision.FP16, Precision.BF16, Precision.FP8)
     device_kinds = ("cuda",)
     predicates = {
@@ -96,15 +95,8 @@ class TritonMatmul(Kernel):
         "blocks_fit_problem": _blocks_fit_problem,
     }
 
-    def flops(self, problem: Problem) -> float:
-        d = problem.dims
-        return 2.0 * d["M"] * d["N"] * d["K"]
-
-    def bytes_moved(self, problem: Problem) -> float:
-        d = problem.dims
-        inp = element_bytes(problem.dtype)
-        out = 2 if problem.dtype is Precision.FP8 else inp
-        return inp * (d["M"] * d["K"] + d["N"] * d["K"]) + out * d["M"] * d["N"]
+    def output_bytes(self, precision: Precision) -> int:
+        return 2 if precision is Precision.FP8 else precision.itemsize  # fp8 writes bf16
 
     def source_files(self) -> tuple[Path, ...]:
         return (Path(__file__), JIT_SOURCE)

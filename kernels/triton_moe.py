@@ -21,7 +21,7 @@ from kernels.gpu import (
     quantize_fp8,
     triton_toolchain,
 )
-from kernels.gpu_constraints import element_bytes, precision_supported, smem_fits, threads_fit
+from kernels.gpu_constraints import precision_supported, smem_fits, threads_fit
 from tuner.kernel import BenchSettings, Kernel
 from tuner.types import Config, DeviceProfile, Measurement, Precision, Problem
 
@@ -42,7 +42,7 @@ def moe_smem_bytes(config: Config, problem: Problem) -> int:
     buffers. So a config this rejects would not fit, and one it accepts wastes at most half of the budget.
     """
     bm, bn, bk = (int(config[p]) for p in ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K"))
-    return int(config["num_stages"]) * (bm * bk + bk * bn) * element_bytes(problem.dtype)
+    return int(config["num_stages"]) * (bm * bk + bk * bn) * problem.dtype.itemsize
 
 
 def moe_smem_fits(config: Config, problem: Problem, device: DeviceProfile) -> str | None:
@@ -109,7 +109,7 @@ class TritonMoE(Kernel):
     def bytes_moved(self, problem: Problem) -> float:
         """Weights of the experts hit (at most one per routed token slot), activations in, output out."""
         d = problem.dims
-        size = element_bytes(problem.dtype)
+        size = problem.dtype.itemsize
         out_size = 2  # fp16/bf16 write their own type; fp8 writes bf16
         experts_hit = min(d["E"], d["M"] * d["topk"])
         weights = experts_hit * d["N"] * d["K"] * size

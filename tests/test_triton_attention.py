@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from kernels.gpu import TOLERANCE
-from kernels.gpu_constraints import element_bytes
 from kernels.triton_attention import TritonAttention, smem_estimate
 from tests.aot import compile_in_subprocess
 from tuner.device import recorded_profile
@@ -129,7 +128,7 @@ def test_compiles_for_sm80_and_sm90_within_the_shared_memory_estimate() -> None:
         # Never below what the compiler allocates (a config the device rejects must not pass); above it by at
         # most one K/V pipeline stage, the P tile and the reduction scratch, or it would prune configs that fit.
         bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
-        slack = element_bytes(precision) * (2 * bn * head_dim + bm * bn) + 4 * bm * cfg["num_warps"]
+        slack = precision.itemsize * (2 * bn * head_dim + bm * bn) + 4 * bm * cfg["num_warps"]
         assert real <= est <= real + slack, (cc, precision, head_dim, cfg, real, est)
 
 

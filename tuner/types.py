@@ -19,6 +19,11 @@ class Precision(enum.StrEnum):
     BF16 = "bf16"
     FP8 = "fp8"
 
+    @property
+    def itemsize(self) -> int:
+        """Bytes per element in memory (tf32 is fp32 storage with reduced-precision math)."""
+        return {Precision.FP8: 1, Precision.FP16: 2, Precision.BF16: 2}.get(self, 4)
+
 
 class Objective(enum.StrEnum):
     MIN_TIME = "min_time"

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from kernels.gemm import GemmKernel
 from kernels.timing import time_calls
 from kernels.verify import check
-from tuner.kernel import BenchSettings, CandidateError, Kernel
+from tuner.kernel import BenchSettings, CandidateError
 from tuner.types import Config, DeviceProfile, FailureKind, Measurement, Precision, Problem
 
 SOURCE = Path(__file__).with_name("matmul.c")
@@ -35,21 +36,11 @@ def _compiler() -> str:
     return os.environ.get("CC", "cc")
 
 
-class CMatmul(Kernel):
+class CMatmul(GemmKernel):
     name = "c_matmul"
     description = "tiled fp32 matmul in C (system compiler, ctypes)"
-    shape_dims = ("M", "N", "K")
-    batch_dim = "M"
     precisions = (Precision.FP32,)
     predicates = {"tiles_fit_l2": _tiles_fit_l2}
-
-    def flops(self, problem: Problem) -> float:
-        d = problem.dims
-        return 2.0 * d["M"] * d["N"] * d["K"]
-
-    def bytes_moved(self, problem: Problem) -> float:
-        d = problem.dims
-        return 4.0 * (d["M"] * d["K"] + d["K"] * d["N"] + d["M"] * d["N"])
 
     def source_files(self) -> tuple[Path, ...]:
         return (SOURCE, Path(__file__))

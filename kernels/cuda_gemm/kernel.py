@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kernels.cuda_gemm.compile import SOURCE, Compiled, arch_of, compile_gemm, nvrtc_version
+from kernels.gemm import GemmKernel
 from kernels.gpu import cuda_device, driver_version, input_dtype, make_operand, measure_on_gpu
-from kernels.gpu_constraints import WARP, element_bytes, smem_fits
-from tuner.kernel import BenchSettings, CandidateError, Kernel
+from kernels.gpu_constraints import WARP, smem_fits
+from tuner.kernel import BenchSettings, CandidateError
 from tuner.types import Config, DeviceProfile, FailureKind, Measurement, Precision, Problem
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ def _threads(config: Config, problem: Problem, device: DeviceProfile) -> str | N
 
 def _smem(config: Config, problem: Problem, device: DeviceProfile) -> str | None:
     bm, bn, bk, _, _ = _tiles(config)
-    need = (bm * bk + bk * bn) * element_bytes(problem.dtype)
+    need = (bm * bk + bk * bn) * problem.dtype.itemsize
     if need > STATIC_SMEM_LIMIT:
         return f"tiles need {need} B > {STATIC_SMEM_LIMIT} B of static shared memory per block"
     return smem_fits(need, device)
@@ -72,22 +73,12 @@ def _tile_loads(config: Config, problem: Problem, device: DeviceProfile) -> str 
     return None
 
 
-class CudaGemm(Kernel):
+class CudaGemm(GemmKernel):
     name = "cuda_gemm"
     description = "tiled CUDA C++ GEMM, tile sizes as template parameters, compiled by NVRTC"
-    shape_dims = ("M", "N", "K")
-    batch_dim = "M"
     precisions = (Precision.FP32, Precision.FP16)
     device_kinds = ("cuda",)
     predicates = {"threads": _threads, "smem": _smem, "tile_loads": _tile_loads}
-
-    def flops(self, problem: Problem) -> float:
-        d = problem.dims
-        return 2.0 * d["M"] * d["N"] * d["K"]
-
-    def bytes_moved(self, problem: Problem) -> float:
-        d = problem.dims
-        return element_bytes(problem.dtype) * (d["M"] * d["K"] + d["K"] * d["N"] + d["M"] * d["N"])
 
     def source_files(self) -> tuple[Path, ...]:
         return (SOURCE, Path(__file__), Path(__file__).with_name("compile.py"))
