@@ -97,8 +97,17 @@ def _parse_strategy(strategy: str) -> tuple[str, dict]:
     options = {}
     for item in filter(None, rest.split(",")):
         key, value = item.split("=")
-        options[key] = int(value) if value.lstrip("-").isdigit() else float(value)
+        options[key] = _option_value(value)
     return name, options
+
+
+def _option_value(text: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def summarise(rows: list[dict]) -> list[dict]:

@@ -83,6 +83,29 @@ def test_finds_the_minimum_much_sooner_than_random():
     assert ours[1] <= 30, ours  # median of 3 seeds, out of 224 feasible configs
 
 
+def test_local_phase_walks_the_incumbents_neighbourhood_then_goes_global_again():
+    """With local=1, every proposal after local_after differs from the best config so far in one param at
+    most, until that neighbourhood is all measured; then the pick is global again instead of stalling."""
+    sampler = CandidateSampler(FEASIBLE, DISTS, seed=3, local=1.0, local_after=12, radius=1)
+    study = optuna.create_study(sampler=sampler)
+    global_after_exhausted = 0
+    for i in range(80):
+        trial = study.ask(DISTS)
+        done = [t for t in study.trials if t.state is TrialState.COMPLETE]
+        if i >= 12:
+            best = min(done, key=lambda t: t.value).params
+            neighbours = [c for c in FEASIBLE if sum(c[k] != best[k] for k in c) == 1]
+            measured = {tuple(sorted(t.params.items())) for t in done}
+            open_neighbours = [c for c in neighbours if tuple(sorted(c.items())) not in measured]
+            differs = sum(trial.params[k] != best[k] for k in best)
+            if open_neighbours:
+                assert differs == 1, (i, best, trial.params)
+            else:
+                global_after_exhausted += 1
+        study.tell(trial, landscape(trial.params))
+    assert global_after_exhausted > 0  # the walk reached a config with no unmeasured neighbour and moved on
+
+
 def test_rejects_an_empty_space():
     with pytest.raises(ValueError, match="at least one"):
         CandidateSampler([], DISTS)
