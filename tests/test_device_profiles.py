@@ -96,7 +96,7 @@ def test_profile_timer_and_energy_on_a_gpu() -> None:
 
 
 def test_validate_counts_what_a_recorded_gpu_can_run(tmp_path) -> None:
-    from tests.test_end_to_end import cotune
+    from tests.cli import cotune
 
     spec = "name: v\nkernel: triton_matmul\nproblems: [{M: 16, N: 4096, K: 4096}]\nprecisions: [fp8]\n"
     spec += "budget: {trials: 5}\n"

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.cli import cotune, tune_and_export
 from tuner.serving import ConfigTable
 
 SPEC = """
@@ -23,23 +22,10 @@ bench: {warmup: 1, repeats: 3, timeout_s: 30, remeasure_repeats: 5}
 """
 
 
-def cotune(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tuner.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(cwd)},
-    )
-
-
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
     work = tmp_path_factory.mktemp("job")
-    (work / "spec.yaml").write_text(SPEC)
-    proc = cotune("tune", "spec.yaml", "--export", "best.json", cwd=work)
-    assert proc.returncode == 0, proc.stderr
+    tune_and_export(work, SPEC)
     return work
 
 

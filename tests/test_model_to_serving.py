@@ -9,7 +9,7 @@ import json
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from tests.test_end_to_end import cotune
+from tests.cli import cotune
 
 TINY = {
     "model_type": "llama",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.test_end_to_end import cotune
+from tests.cli import tune_and_export
 from tuner.precision_choice import choose
 from tuner.types import Measurement, Problem
 
@@ -45,9 +45,7 @@ def test_fastest_within_bound_wins_and_every_precision_is_reported() -> None:
 
 def test_a_job_with_a_bound_exports_its_precision_choice(tmp_path) -> None:
     # bf16 inputs carry ~4e-3 relative rounding, fp32 ~1e-7: a 1e-4 bound admits only fp32
-    (tmp_path / "spec.yaml").write_text(SPEC.format(bound="1.0e-4"))
-    proc = cotune("tune", "spec.yaml", "--export", "best.json", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    proc = tune_and_export(tmp_path, SPEC.format(bound="1.0e-4"))
     assert "precision for torch_linear:K=512,M=32,N=256 (error <= 0.0001): fp32" in proc.stdout
     [choice] = json.loads((tmp_path / "best.json").read_text())["precision_choice"]
     assert choice["chosen"] == "fp32" and choice["accuracy_bound"] == 1e-4

@@ -7,15 +7,14 @@ import json
 import pytest
 from mlflow import MlflowClient
 
-from tests.test_end_to_end import SPEC, cotune
+from tests.cli import cotune, tune_and_export
+from tests.test_end_to_end import SPEC
 
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
     work = tmp_path_factory.mktemp("report")
-    (work / "spec.yaml").write_text(SPEC)
-    proc = cotune("tune", "spec.yaml", "--export", "best.json", cwd=work)
-    assert proc.returncode == 0, proc.stderr
+    tune_and_export(work, SPEC)
     return work
 
 

@@ -8,7 +8,7 @@ import json
 import optuna
 import pytest
 
-from tests.test_end_to_end import cotune
+from tests.cli import cotune, tune_and_export
 
 SPEC = """
 name: rv
@@ -25,9 +25,7 @@ bench: {warmup: 1, repeats: 3, remeasure_repeats: 5}
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     work = tmp_path_factory.mktemp("rv")
-    (work / "spec.yaml").write_text(SPEC)
-    proc = cotune("tune", "spec.yaml", "--export", "best.json", cwd=work)
-    assert proc.returncode == 0, proc.stderr
+    tune_and_export(work, SPEC)
     return work
 
 
