@@ -6,7 +6,8 @@
 Reports per file and strategy: median evaluations to within 2 % of the optimum, the mean and median of
 best/optimum after 25, 50, 100 and 200 evaluations, and the median best/optimum curve. Strategies are
 cotune's sampler names, ``<name>+transfer`` to evaluate first the top 5 configs of the same kernel's
-caches from the other GPUs (as ``enqueue_trial`` priors), ``<name>+patience=N`` to stop after N
+caches from the other GPUs (as ``enqueue_trial`` priors), ``<name>+related`` to give the sampler those
+caches' times as a model feature (what ``sampler.transfer`` does in a study), ``<name>+patience=N`` to stop after N
 evaluations without a 1 % gain, ``cotune[n_startup=5]`` for sampler settings,
 or ``kt:<strategy>`` for Kernel Tuner's own (bench/kernel_tuner_peer.py).
 """
@@ -50,12 +51,22 @@ def one(args: tuple[str, str, int, int]) -> dict:
         if "+patience=" in name:
             name, _, n = name.partition("+patience=")
             patience = int(n)
-        priors = None
+        priors = related = None
+        if name.endswith("+related"):
+            name = name.removesuffix("+related")
+            related = _siblings(Path(path), data.keys)
         if name.endswith("+transfer"):
             name = name.removesuffix("+transfer")
             priors = [c for sib in _siblings(Path(path), data.keys) for c in sib.top(TRANSFER_TOP)]
         result = replay(
-            data, sampler=name, budget=budget, seed=seed, sampler_options=options, priors=priors, patience=patience
+            data,
+            sampler=name,
+            budget=budget,
+            seed=seed,
+            sampler_options=options,
+            priors=priors,
+            patience=patience,
+            related=related,
         )
     curve = result.best_so_far
     ratio = {}

@@ -76,6 +76,21 @@ def test_cli_json_and_bad_file(tmp_path):
     bad.write_text("{}")
     proc = subprocess.run([sys.executable, "-m", "tuner.cli", "replay", str(bad)], capture_output=True, text=True)
     assert proc.returncode == 1 and "not a Kernel Tuner cache file" in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "tuner.cli", "replay", str(FIXTURE), "--related", str(bad)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1 and "bad.json: not a Kernel Tuner cache file" in proc.stderr
+
+
+def test_a_related_recording_is_modelled_not_measured(tmp_path):
+    """--related feeds another recording's times to the sampler's model; it costs no evaluation."""
+    data = load_kernel_tuner_cache(synthetic_cache(tmp_path / "c.json.gz"))
+    alone = replay(data, sampler="cotune", budget=1000, seed=2)
+    helped = replay(data, sampler="cotune", budget=1000, seed=2, related=[data])
+    assert len(helped.best_so_far) == len(alone.best_so_far) == 15
+    assert helped.best_so_far[-1] == data.optimum
 
 
 def test_unknown_sampler_is_rejected():

@@ -1,12 +1,16 @@
-"""Warm starts: a new batch size first measures the winners of its neighbours in the same storage."""
+"""Warm starts: a new batch size first measures the winner of its nearest neighbour in the same storage, and
+the cotune sampler models it from the neighbours' trials."""
 
 from __future__ import annotations
 
 import optuna
 
-from tuner.driver import tune_job
+from tuner.driver import StudySession, job_space, study_name, tune_job
+from tuner.isolation import CandidateRunner
+from tuner.registry import get_kernel
 from tuner.spec import parse_spec
 from tuner.tracker import NullTracker
+from tuner.transfer import neighbour_trials
 
 SPEC = """
 name: warm
@@ -42,3 +46,25 @@ def test_transfer_can_be_turned_off(tmp_path, cpu) -> None:
     outcomes = tune_job(parse_spec(SPEC.format(transfer="false")), url, cpu, NullTracker())
     large = optuna.load_study(study_name=outcomes[1].study_name, storage=url)
     assert not any(t.system_attrs.get("fixed_params") for t in large.trials)
+
+
+def test_the_cotune_sampler_models_the_neighbours_trials(tmp_path, cpu) -> None:
+    url = f"sqlite:///{tmp_path}/o.db"
+    spec = parse_spec(SPEC.format(transfer="true").replace("name: random", "name: cotune"))
+    outcomes = tune_job(spec, url, cpu, NullTracker())
+    small, large = spec.expand()
+    kernel = get_kernel(spec.kernel)
+
+    (pairs,) = neighbour_trials(url, large, cpu, kernel.batch_dim, spec.objective.value, maximize=False)
+    measured = optuna.load_study(study_name=outcomes[0].study_name, storage=url).get_trials(
+        states=(optuna.trial.TrialState.COMPLETE,)
+    )
+    assert sorted(v for _, v in pairs) == sorted(t.value for t in measured)
+    assert neighbour_trials(url, large, cpu, kernel.batch_dim, "max_throughput", maximize=True) == []
+
+    off = parse_spec(SPEC.format(transfer="false").replace("name: random", "name: cotune"))
+    with CandidateRunner() as runner:
+        for each, expected in ((spec, 1), (off, 0)):
+            name = study_name(each.name, large, cpu)
+            session = StudySession(each, kernel, job_space(each, kernel), large, cpu, url, runner, NullTracker(), name)
+            assert session.study.sampler.related_features == expected

@@ -14,7 +14,13 @@ continuous space and discarding the infeasible ones, this sampler scores the fea
   neighbourhood: the unmeasured configs that differ from the best one in at most ``radius`` params, still
   ranked by expected improvement. Kernel optima are narrow (on the recorded GPU caches one config is often
   the only one within 2 %), a global model alone reaches their basin but rarely the exact config, and the
-  neighbourhood walk finishes the job; when the neighbourhood is exhausted the pick is global again.
+  neighbourhood walk finishes the job; when the neighbourhood is exhausted the pick is global again;
+- ``related``: the measured trials of related studies (the same kernel on another GPU or batch size)
+  become one more input feature each, their log time per config, so the model learns how far the other
+  study's landscape predicts this one. The GP weighs the feature by its fitted length scale, so an
+  unhelpful relative costs little, where measuring another study's winners first (``enqueue_trial``)
+  can steer the whole search to the wrong basin. Configs the related study did not measure get the
+  prediction of a GP fitted to what it did.
 
 Length scales are re-fitted every ``refit_every`` observations and reused in between, which keeps a 200-
 evaluation run to seconds. Each setting's effect is measured in the README.
@@ -59,6 +65,61 @@ def _alignment_encoding(values: Sequence[Any]) -> list[float] | None:
     return [twos[v] for v in values]
 
 
+def _related_feature(
+    params: Sequence[str],
+    points: Sequence[tuple],
+    X: np.ndarray,
+    trials: Sequence[tuple[Mapping[str, Any], float | None]],
+    seed: int | None,
+    max_fit: int = 256,
+) -> list[float] | None:
+    """A related study's log value of each config, scaled to [0, 1]; None when it tells nothing.
+
+    Failures count as the related study's worst value; configs it did not measure get the mean of a GP
+    fitted to (at most ``max_fit`` of) those it did, over the same encoding as this space.
+    """
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+
+    index = {p: i for i, p in enumerate(points)}
+    known: dict[int, float | None] = {}
+    for config, value in trials:
+        i = index.get(tuple(config.get(p) for p in params))
+        if i is not None and (value is None or math.isfinite(value)):
+            known[i] = value
+    ok = np.array([v for v in known.values() if v is not None], dtype=float)
+    if ok.size < 2:
+        return None
+    if np.all(ok > 0):
+        transform = np.log
+    elif np.all(ok < 0):  # a maximised objective, negated: -log of the magnitude keeps lower = better
+        transform = lambda a: -np.log(-a)  # noqa: E731
+    else:
+        transform = lambda a: a  # noqa: E731
+    worst = float(transform(ok).max())
+    column = np.full(len(points), np.nan)
+    for i, v in known.items():
+        column[i] = worst if v is None else float(transform(np.array(v)))
+    missing = np.isnan(column)
+    if missing.any():
+        measured = np.flatnonzero(~missing)
+        if measured.size > max_fit:
+            measured = np.random.default_rng(seed).choice(measured, max_fit, replace=False)
+        y = column[measured]
+        kernel = ConstantKernel(1.0, (1e-2, 1e2)) * Matern(
+            length_scale=np.full(X.shape[1], 0.5), length_scale_bounds=(1e-2, 1e2), nu=2.5
+        ) + WhiteKernel(1e-2, (1e-6, 1e0))
+        gp = GaussianProcessRegressor(kernel, normalize_y=True, random_state=seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gp.fit(X[measured], y)
+        column[missing] = gp.predict(X[missing])
+    low, high = column.min(), column.max()
+    if high - low <= 0:
+        return None
+    return list((column - low) / (high - low))
+
+
 class CandidateSampler(BaseSampler):
     def __init__(
         self,
@@ -74,7 +135,9 @@ class CandidateSampler(BaseSampler):
         local: float = 0.5,
         local_after: int = 20,
         radius: int = 1,
+        related: Sequence[Sequence[tuple[Mapping[str, Any], float | None]]] = (),
     ) -> None:
+        """``related``: per related study, its (params, value) pairs, lower is better, None for a failure."""
         if not candidates:
             raise ValueError("CandidateSampler needs at least one feasible config")
         self._params = list(distributions)
@@ -89,6 +152,12 @@ class CandidateSampler(BaseSampler):
             align = _alignment_encoding(values) if align_features else None
             if align is not None:
                 columns.append(align)
+        self.related_features = 0  # how many related studies became a model feature
+        for trials in related:
+            column = _related_feature(self._params, self._points, np.array(columns, dtype=float).T, trials, seed)
+            if column is not None:
+                columns.append(column)
+                self.related_features += 1
         self._X = np.array(columns, dtype=float).T
         self._rng = np.random.default_rng(seed)
         self._seed = seed

@@ -271,6 +271,10 @@ def replay(
     seed: int | None = None,
     wall_time_s: Annotated[float | None, typer.Option(help="simulated compile + benchmark time")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    related: Annotated[
+        list[Path] | None,
+        typer.Option(help="a recording of the same kernel elsewhere (another GPU), which the cotune sampler models"),
+    ] = None,
 ) -> None:
     """Replay a recording through the search, running no kernel: a Kernel Tuner brute-force cache, or a
     cotune trial table (trials.csv from a study's MLflow parent run)."""
@@ -278,7 +282,8 @@ def replay(
     from tuner.replay import replay as run_replay
 
     data = load_recording(file)
-    result = run_replay(data, sampler=sampler, budget=budget, seed=seed, wall_time_s=wall_time_s)
+    others = [load_recording(path) for path in related or []]
+    result = run_replay(data, sampler=sampler, budget=budget, seed=seed, wall_time_s=wall_time_s, related=others)
     if as_json:
         print(json.dumps(result.to_json()))
         return

@@ -24,7 +24,7 @@ from tuner.spec import JobSpec
 from tuner.stopping import StallDetector
 from tuner.storage import open_storage
 from tuner.tracker import BestLog, StudyInfo, Tracker, TrialLog
-from tuner.transfer import neighbour_winners
+from tuner.transfer import neighbour_trials, neighbour_winners
 from tuner.types import Config, DeviceProfile, FailureKind, Measurement, Objective, Problem, TrialStatus
 
 # Stop asking when this many proposals in a row were infeasible or already measured.
@@ -81,7 +81,7 @@ def tune_job(
             if budget is None or session.objective.measured < budget:  # a finished study asks nothing more
                 warm = list((priors or {}).get(problem.key, []))
                 if spec.sampler.transfer:
-                    warm += neighbour_winners(storage, space, problem, device, kernel.batch_dim)
+                    warm += neighbour_winners(storage, space, problem, device, kernel.batch_dim, spec.objective.value)
                 session.enqueue(warm)
             outcomes.append(_tune_problem(session, on_progress))
     tracker.close()
@@ -127,13 +127,21 @@ class StudySession:
         self._distributions = space.distributions()
         feasible = space.feasible_points(problem, device) if space.size <= SPACE_ENUMERATION_LIMIT else None
         self._feasible_count = None if feasible is None else len(feasible)
+        # the cotune sampler models one objective; Optuna's TPE handles a Pareto front
+        sampler_name = "tpe" if spec.objective.multi and spec.sampler.name == "cotune" else spec.sampler.name
+        related = []
+        if spec.sampler.transfer and sampler_name == "cotune" and feasible is not None:
+            maximize = directions(spec.objective) == ["maximize"]
+            related = neighbour_trials(
+                storage, problem, device, kernel.batch_dim, spec.objective.value, maximize=maximize
+            )
         sampler = make_sampler(
-            # the cotune sampler models one objective; Optuna's TPE handles a Pareto front
-            "tpe" if spec.objective.multi and spec.sampler.name == "cotune" else spec.sampler.name,
+            sampler_name,
             spec.sampler.seed,
             parallel=parallel,
             candidates=None if feasible is None else [c.values for c in feasible],
             distributions=self._distributions,
+            related=related,
         )
         self.study = optuna.create_study(
             storage=storage,

@@ -41,6 +41,10 @@ class ReplayData:
         ok = sorted((r.time_ms, p) for p, r in self.records.items() if r.time_ms is not None)
         return [dict(zip(self.keys, p, strict=True)) for _, p in ok[:n]]
 
+    def trials(self) -> list[tuple[dict, float | None]]:
+        """Every recorded config as (params, time in ms), None for a failure."""
+        return [(dict(zip(self.keys, p, strict=True)), r.time_ms) for p, r in self.records.items()]
+
     @property
     def optimum(self) -> float:
         return min(r.time_ms for r in self.records.values() if r.time_ms is not None)
@@ -164,9 +168,12 @@ def replay(
     sampler_options: dict | None = None,
     priors: list[dict] | None = None,
     patience: int | None = None,
+    related: list[ReplayData] | None = None,
 ) -> ReplayResult:
     """``priors``: configs to evaluate first (winners on another GPU or problem), as ``enqueue_trial`` does
     in a real study; each costs an evaluation like any other, and ones outside this space are skipped.
+    ``related``: recordings of the same kernel elsewhere, whose times the ``cotune`` sampler uses as a model
+    feature (``sampler.transfer`` in a real study); they cost no evaluations.
     ``patience``: stop after that many evaluations without a 1 % gain, as ``budget.patience`` does."""
     import optuna
     from optuna.distributions import CategoricalDistribution
@@ -177,7 +184,14 @@ def replay(
     candidates = [dict(zip(data.keys, point, strict=True)) for point in data.records]
     study = optuna.create_study(
         direction="minimize",
-        sampler=make_sampler(sampler, seed, candidates=candidates, distributions=dists, options=sampler_options),
+        sampler=make_sampler(
+            sampler,
+            seed,
+            candidates=candidates,
+            distributions=dists,
+            options=sampler_options,
+            related=[other.trials() for other in related or []],
+        ),
     )
     for prior in priors or []:
         if tuple(prior.get(k) for k in data.keys) in data.records:

@@ -31,6 +31,7 @@ def make_sampler(
     candidates: Sequence[Mapping[str, Any]] | None = None,
     distributions: Mapping[str, Any] | None = None,
     options: Mapping[str, Any] | None = None,
+    related: Sequence[Sequence[tuple[Mapping[str, Any], float | None]]] = (),
 ) -> BaseSampler:
     """Build a sampler by name.
 
@@ -38,6 +39,9 @@ def make_sampler(
     them (a space too large to enumerate) ``cotune`` falls back to TPE.
 
     ``options``: keyword arguments for the ``cotune`` sampler (for benchmarks of its settings).
+
+    ``related``: related studies' (params, value) pairs, lower is better, which the ``cotune`` sampler uses
+    as model features; the other samplers ignore them.
 
     ``parallel``: several processes ask the same study at once (service workers). Each then needs its own
     random stream, or they all propose the same sequence and collide, and TPE treats trials still running
@@ -54,7 +58,7 @@ def make_sampler(
 
         if parallel:
             seed = _own_stream(seed)
-        return CandidateSampler(candidates, distributions, seed=seed, **(options or {}))
+        return CandidateSampler(candidates, distributions, seed=seed, related=related, **(options or {}))
     if parallel:
         seed = _own_stream(seed)
         if name == "tpe":

@@ -38,7 +38,9 @@ class SamplerSpec(_Strict):
     name: Literal["cotune", "tpe", "tpe-mv", "random", "gp", "cmaes"] = "cotune"
     seed: int | None = None
     transfer: bool = Field(
-        default=True, description="measure first the winners of this kernel on neighbouring shapes (same storage)"
+        default=True,
+        description="measure first the winner of this kernel on the nearest other shape (same storage), and let"
+        " the cotune sampler model this shape's times from the nearest shapes' trials",
     )
 
 

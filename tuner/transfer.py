@@ -1,9 +1,11 @@
-"""Warm starts from related studies in the same storage: the winners of the same kernel, precision and
-device on other shapes, nearest batch size first, are measured before the sampler's own proposals.
+"""Warm starts from related studies in the same storage: the same kernel, precision, objective and device
+on other shapes, nearest batch size first.
 
-Tile configs transfer well between neighbouring batch sizes (vLLM's tuned tables change every few powers of
-two, not at every M), so the first trials of a new batch size start where the previous one ended. The
-replay benchmark measured the same idea across GPUs (``+transfer`` in bench/results/search_efficiency*).
+Two uses. The nearest study's winner is measured first (``enqueue_trial``): tile configs transfer well
+between neighbouring batch sizes (vLLM's tuned tables change every few powers of two, not at every M), so
+a new batch size starts where the previous one ended. And the ``cotune`` sampler takes the nearest
+studies' measured trials as a model feature, which the replay benchmark measured across GPUs
+(``+related`` against ``+transfer``, enqueued winners only, in bench/results/search_efficiency*).
 """
 
 from __future__ import annotations
@@ -14,23 +16,57 @@ from typing import Any
 from tuner.space import SearchSpace
 from tuner.types import Config, DeviceProfile, Problem
 
-MAX_PRIORS = 3
+MAX_PRIORS = 1
+MAX_RELATED = 2
 
 
 def neighbour_winners(
-    storage: Any, space: SearchSpace, problem: Problem, device: DeviceProfile, batch_dim: str
+    storage: Any, space: SearchSpace, problem: Problem, device: DeviceProfile, batch_dim: str, objective: str
 ) -> list[Config]:
-    """Best configs of finished studies of this kernel, dtype and device on other shapes that are feasible
-    here, ordered by how close their shape is (batch dim on a log scale; other dims must match first)."""
+    """Best configs of finished related studies that are feasible here, nearest shape first."""
+    out: list[Config] = []
+    for summary in _related_studies(storage, problem, device, batch_dim, objective):
+        config = Config.make(summary.user_attrs["best"]["config"])
+        if config not in out and space.violation(config, problem, device) is None:
+            out.append(config)
+    return out[:MAX_PRIORS]
+
+
+def neighbour_trials(
+    storage: Any, problem: Problem, device: DeviceProfile, batch_dim: str, objective: str, *, maximize: bool
+) -> list[list[tuple[dict, float | None]]]:
+    """The measured trials of the nearest related studies, as (params, value) with lower better (a
+    maximised objective is negated) and None for a failed config, for the sampler's model."""
+    import optuna
+    from optuna.trial import TrialState
+
+    out = []
+    for summary in _related_studies(storage, problem, device, batch_dim, objective)[:MAX_RELATED]:
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        pairs: list[tuple[dict, float | None]] = []
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+            if t.state is TrialState.FAIL:
+                pairs.append((t.params, None))
+            elif t.value is not None:
+                pairs.append((t.params, -t.value if maximize else t.value))
+        out.append(pairs)
+    return out
+
+
+def _related_studies(storage: Any, problem: Problem, device: DeviceProfile, batch_dim: str, objective: str) -> list:
+    """Summaries of finished studies of this kernel, dtype, objective and device on other shapes, ordered
+    by how close their shape is (other dims must match first, then the batch dim on a log scale)."""
     import optuna
 
-    ranked: list[tuple[tuple[int, float], Config]] = []
+    ranked = []
     for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
         attrs = s.user_attrs
-        other, best = attrs.get("problem"), attrs.get("best")
-        if not other or not best or attrs.get("device", {}).get("name") != device.name:
+        other = attrs.get("problem")
+        if not other or not attrs.get("best") or attrs.get("device", {}).get("name") != device.name:
             continue
         if other["kernel"] != problem.kernel or other["dtype"] != problem.dtype.value:
+            continue
+        if attrs.get("objective", objective) != objective:
             continue
         dims = problem.dims
         if other["shape"] == dims:
@@ -38,12 +74,6 @@ def neighbour_winners(
         mismatched = sum(other["shape"].get(k) != v for k, v in dims.items() if k != batch_dim)
         b_here, b_there = dims.get(batch_dim, 1), other["shape"].get(batch_dim, 1)
         distance = abs(math.log2(max(b_here, 1)) - math.log2(max(b_there, 1)))
-        config = Config.make(best["config"])
-        if space.violation(config, problem, device) is None:
-            ranked.append(((mismatched, distance), config))
+        ranked.append(((mismatched, distance, s.study_name), s))
     ranked.sort(key=lambda r: r[0])
-    out: list[Config] = []
-    for _, config in ranked:
-        if config not in out:
-            out.append(config)
-    return out[:MAX_PRIORS]
+    return [s for _, s in ranked]
