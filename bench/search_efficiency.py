@@ -7,7 +7,8 @@ Reports per file and strategy: median evaluations to within 2 % of the optimum, 
 best/optimum after 25, 50, 100 and 200 evaluations, and the median best/optimum curve. Strategies are
 cotune's sampler names, ``<name>+transfer`` to evaluate first the top 5 configs of the same kernel's
 caches from the other GPUs (as ``enqueue_trial`` priors), ``<name>+related`` to give the sampler those
-caches' times as a model feature (what ``sampler.transfer`` does in a study), ``<name>+patience=N`` to stop after N
+caches' times as a model feature (what ``sampler.transfer`` does in a study), ``<name>+related=N`` to give
+it only the configs a ``cotune`` search of N evaluations measured on each sibling, ``<name>+patience=N`` to stop after N
 evaluations without a 1 % gain, ``cotune[n_startup=5]`` for sampler settings,
 or ``kt:<strategy>`` for Kernel Tuner's own (bench/kernel_tuner_peer.py).
 """
@@ -52,9 +53,12 @@ def one(args: tuple[str, str, int, int]) -> dict:
             name, _, n = name.partition("+patience=")
             patience = int(n)
         priors = related = None
-        if name.endswith("+related"):
-            name = name.removesuffix("+related")
+        if "+related" in name:
+            name, _, measured = name.partition("+related")
             related = _siblings(Path(path), data.keys)
+            if measured:  # "+related=N": only what a cotune study of N evaluations measured on each sibling
+                n = int(measured.removeprefix("="))
+                related = [sib.subset(replay(sib, sampler="cotune", budget=n, seed=seed).evaluated) for sib in related]
         if name.endswith("+transfer"):
             name = name.removesuffix("+transfer")
             priors = [c for sib in _siblings(Path(path), data.keys) for c in sib.top(TRANSFER_TOP)]

@@ -39,6 +39,7 @@ def test_brute_force_budget_reproduces_the_optimum(tmp_path):
     assert data.optimum == 11.0  # (a=1, b=0); (0, 0) would be 10 but failed
     result = replay(data, sampler="random", budget=1000, seed=3)
     assert len(result.best_so_far) == 15  # every cached config once, failures included
+    assert sorted(result.evaluated) == sorted(data.records)
     assert result.best_so_far[-1] == data.optimum
     assert result.failed == 2 and result.evaluations_to_within(0.0) is not None
 

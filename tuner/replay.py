@@ -41,6 +41,10 @@ class ReplayData:
         ok = sorted((r.time_ms, p) for p, r in self.records.items() if r.time_ms is not None)
         return [dict(zip(self.keys, p, strict=True)) for _, p in ok[:n]]
 
+    def subset(self, points: list[tuple]) -> ReplayData:
+        """What a study that evaluated only these configs would hold."""
+        return ReplayData(self.name, self.keys, self.values, {p: self.records[p] for p in points})
+
     def trials(self) -> list[tuple[dict, float | None]]:
         """Every recorded config as (params, time in ms), None for a failure."""
         return [(dict(zip(self.keys, p, strict=True)), r.time_ms) for p, r in self.records.items()]
@@ -137,6 +141,7 @@ class ReplayResult:
     pruned: int = 0
     duplicates: int = 0
     simulated_time_s: float = 0.0
+    evaluated: list[tuple] = field(default_factory=list)  # the configs, in order of evaluation
 
     def evaluations_to_within(self, fraction: float) -> int | None:
         """1-based count of evaluations until best <= optimum * (1 + fraction); None if never."""
@@ -233,6 +238,7 @@ def replay(
         else:
             best = record.time_ms if best is None else min(best, record.time_ms)
         result.best_so_far.append(best)
+        result.evaluated.append(point)
         if stall is not None and stall.update(best):
             break
     return result
