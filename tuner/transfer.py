@@ -47,8 +47,8 @@ def neighbour_trials(
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
             if t.state is TrialState.FAIL:
                 pairs.append((t.params, None))
-            elif t.value is not None:
-                pairs.append((t.params, -t.value if maximize else t.value))
+            elif t.values is not None and len(t.values) == 1:  # an older study without an objective attr may hold pairs
+                pairs.append((t.params, -t.values[0] if maximize else t.values[0]))
         out.append(pairs)
     return out
 
