@@ -78,9 +78,6 @@ def _related_feature(
     Failures count as the related study's worst value; configs it did not measure get the mean of a GP
     fitted to (at most ``max_fit`` of) those it did, over the same encoding as this space.
     """
-    from sklearn.gaussian_process import GaussianProcessRegressor
-    from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
-
     index = {p: i for i, p in enumerate(points)}
     known: dict[int, float | None] = {}
     for config, value in trials:
@@ -105,19 +102,31 @@ def _related_feature(
         measured = np.flatnonzero(~missing)
         if measured.size > max_fit:
             measured = np.random.default_rng(seed).choice(measured, max_fit, replace=False)
-        y = column[measured]
-        kernel = ConstantKernel(1.0, (1e-2, 1e2)) * Matern(
-            length_scale=np.full(X.shape[1], 0.5), length_scale_bounds=(1e-2, 1e2), nu=2.5
-        ) + WhiteKernel(1e-2, (1e-6, 1e0))
-        gp = GaussianProcessRegressor(kernel, normalize_y=True, random_state=seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            gp.fit(X[measured], y)
+        gp = _fit_gp(X[measured], column[measured], seed, normalize_y=True)
         column[missing] = gp.predict(X[missing])
     low, high = column.min(), column.max()
     if high - low <= 0:
         return None
     return list((column - low) / (high - low))
+
+
+def _fit_gp(X: np.ndarray, y: np.ndarray, seed: int | None, *, kernel: Any = None, normalize_y: bool = False) -> Any:
+    """A GP over ``X``: Matern 5/2 with one length scale per column, plus noise, its hyperparameters fitted
+    by marginal likelihood; or, given ``kernel`` (an earlier fit's), that kernel reused as it is."""
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+
+    if kernel is None:
+        fresh = ConstantKernel(1.0, (1e-2, 1e2)) * Matern(
+            length_scale=np.full(X.shape[1], 0.5), length_scale_bounds=(1e-2, 1e2), nu=2.5
+        ) + WhiteKernel(1e-2, (1e-6, 1e0))
+        gp = GaussianProcessRegressor(fresh, normalize_y=normalize_y, random_state=seed)
+    else:
+        gp = GaussianProcessRegressor(kernel, optimizer=None, normalize_y=normalize_y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence warnings at bound length scales are expected here
+        gp.fit(X, y)
+    return gp
 
 
 class CandidateSampler(BaseSampler):
@@ -211,9 +220,6 @@ class CandidateSampler(BaseSampler):
         return dict(zip(self._params, self._points[pick], strict=True))
 
     def _best_expected_improvement(self, observed: list[tuple[int, float | None]], free: np.ndarray) -> int:
-        from sklearn.gaussian_process import GaussianProcessRegressor
-        from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
-
         ok = np.array([v for _, v in observed if v is not None], dtype=float)
         positive = bool(np.all(ok > 0))
         transform = np.log if positive else (lambda a: a)
@@ -224,16 +230,7 @@ class CandidateSampler(BaseSampler):
         ys = (y - y_mean) / y_std
 
         refit = self._kernel is None or len(observed) - self._fitted_at >= self._refit_every
-        if refit:
-            kernel = ConstantKernel(1.0, (1e-2, 1e2)) * Matern(
-                length_scale=np.full(X.shape[1], 0.5), length_scale_bounds=(1e-2, 1e2), nu=2.5
-            ) + WhiteKernel(1e-2, (1e-6, 1e0))
-            gp = GaussianProcessRegressor(kernel, normalize_y=False, random_state=self._seed)
-        else:
-            gp = GaussianProcessRegressor(self._kernel, optimizer=None, normalize_y=False)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # convergence warnings at bound length scales are expected here
-            gp.fit(X, ys)
+        gp = _fit_gp(X, ys, self._seed, kernel=None if refit else self._kernel)
         if refit:
             self._kernel, self._fitted_at = gp.kernel_, len(observed)
 

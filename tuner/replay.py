@@ -141,7 +141,7 @@ class ReplayResult:
     pruned: int = 0
     duplicates: int = 0
     simulated_time_s: float = 0.0
-    evaluated: list[tuple] = field(default_factory=list)  # the configs, in order of evaluation
+    evaluated: list[tuple] = field(default_factory=list)  # the distinct configs, in order of evaluation
 
     def evaluations_to_within(self, fraction: float) -> int | None:
         """1-based count of evaluations until best <= optimum * (1 + fraction); None if never."""
@@ -203,7 +203,7 @@ def replay(
             study.enqueue_trial({k: prior[k] for k in data.keys}, skip_if_exists=True)
     result = ReplayResult(data.optimum)
     stall = StallDetector(patience) if patience else None
-    seen: dict[tuple, Record] = {}
+    seen: dict[tuple, Record] = {}  # insertion order is evaluation order
     best: float | None = None
     idle = 0
     budget = min(budget, len(data.records))
@@ -238,7 +238,7 @@ def replay(
         else:
             best = record.time_ms if best is None else min(best, record.time_ms)
         result.best_so_far.append(best)
-        result.evaluated.append(point)
         if stall is not None and stall.update(best):
             break
+    result.evaluated = list(seen)
     return result
