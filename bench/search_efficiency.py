@@ -29,14 +29,14 @@ import statistics
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from tuner.replay import ReplayResult, load_kernel_tuner_cache, replay
+from tuner.replay import ReplayResult, load_recording, replay
 
 CHECKPOINTS = (25, 50, 100, 200)
 
 
 def one(args: tuple[str, str, int, int]) -> dict:
     path, strategy, seed, budget = args
-    data = load_kernel_tuner_cache(Path(path))
+    data = load_recording(Path(path))
     if strategy.startswith("kt:"):
         from kernel_tuner_peer import kt_best_so_far  # bench/ is on sys.path when run as a script
 
@@ -98,7 +98,7 @@ def _siblings(path: Path, keys: tuple[str, ...]) -> list:
     for other in sorted(path.parent.glob(f"{kernel}_*.json*")):
         if other == path or "_T4" in other.name:
             continue
-        data = load_kernel_tuner_cache(other)
+        data = load_recording(other)
         if data.keys == keys:
             out.append(data)
     return out
@@ -168,7 +168,7 @@ def main() -> None:
     ap.add_argument("--strategies", nargs="+", default=["random", "tpe"])
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--budget", type=int, default=200)
-    ap.add_argument("--files", nargs="*", help="file names under --data (default: every KT cache)")
+    ap.add_argument("--files", nargs="*", help="file names under --data: Kernel Tuner caches or T4 results (default: every cache; the T4 copies of caches are skipped)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/search_efficiency.json"))
     ap.add_argument("--procs", type=int, default=None, help="worker processes (default: one per core)")
     args = ap.parse_args()

@@ -34,6 +34,52 @@ def synthetic_cache(path: Path) -> Path:
     return path
 
 
+def synthetic_t4(path: Path, timeunit: str = "miliseconds") -> Path:
+    """synthetic_cache's grid as a T4 results file: (1, 1) fails the constraints, two configs failed."""
+    scale = {"miliseconds": 1.0, "seconds": 1e-3}[timeunit]
+    results = []
+    for a in range(4):
+        for b in range(4):
+            value: float | str = (10.0 + a + 2 * b) * scale
+            invalidity = {(1, 1): "constraints", (0, 0): "compile", (3, 3): "runtime"}.get((a, b), "correct")
+            if invalidity == "compile":
+                value = "CompilationFailedConfig"
+            if invalidity == "runtime":
+                value = "RuntimeFailedConfig"
+            times = {"compilation": 500.0 * scale, "validation": 0, "runtimes": [125.0 * scale, 125.0 * scale]}
+            results.append(
+                {
+                    "configuration": {"a": a, "b": b},
+                    "times": times,
+                    "invalidity": invalidity,
+                    "correctness": int(invalidity == "correct"),
+                    "measurements": [{"name": "time", "value": value, "unit": timeunit}],
+                    "objectives": ["time"],
+                }
+            )
+    with gzip.open(path, "wt") as f:
+        json.dump({"schema_version": "1.0.0", "metadata": {"timeunit": timeunit}, "results": results}, f)
+    return path
+
+
+def test_a_t4_results_file_replays_like_the_same_kernel_tuner_cache(tmp_path):
+    """T4 (the Kernel Tuner community's interchange format) holds the same recording as a cache file:
+    the same configs, times, failures and tuning costs; a config failing the constraints is outside."""
+    from tuner.replay import load_recording
+
+    cache = load_recording(synthetic_cache(tmp_path / "c.json.gz"))
+    for unit in ("miliseconds", "seconds"):
+        t4 = load_recording(synthetic_t4(tmp_path / f"{unit}_T4.json.gz", unit))
+        assert t4.keys == cache.keys and t4.values == {"a": (0, 1, 2, 3), "b": (0, 1, 2, 3)}
+        assert set(t4.records) == set(cache.records) and (1, 1) not in t4.records
+        for point, record in cache.records.items():
+            assert t4.records[point].time_ms == pytest.approx(record.time_ms) if record.time_ms else True
+            assert t4.records[point].failure == record.failure
+            assert t4.records[point].cost_s == pytest.approx(record.cost_s)
+        a, b = replay(t4, sampler="tpe", budget=15, seed=4), replay(cache, sampler="tpe", budget=15, seed=4)
+        assert a.best_so_far == pytest.approx(b.best_so_far) and a.failed == b.failed == 2
+
+
 def test_brute_force_budget_reproduces_the_optimum(tmp_path):
     data = load_kernel_tuner_cache(synthetic_cache(tmp_path / "c.json.gz"))
     assert data.optimum == 11.0  # (a=1, b=0); (0, 0) would be 10 but failed
@@ -83,6 +129,10 @@ def test_cli_json_and_bad_file(tmp_path):
         text=True,
     )
     assert proc.returncode == 1 and "bad.json: not a Kernel Tuner cache file" in proc.stderr
+    empty_t4 = tmp_path / "empty_T4.json"
+    empty_t4.write_text('{"schema_version": "1.0.0", "results": []}')
+    proc = subprocess.run([sys.executable, "-m", "tuner.cli", "replay", str(empty_t4)], capture_output=True, text=True)
+    assert proc.returncode == 1 and "empty_T4.json: not a T4 results file" in proc.stderr
 
 
 def test_a_related_recording_is_modelled_not_measured(tmp_path):

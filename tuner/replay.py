@@ -54,11 +54,15 @@ class ReplayData:
         return min(r.time_ms for r in self.records.values() if r.time_ms is not None)
 
 
-def load_kernel_tuner_cache(path: Path) -> ReplayData:
+def _read_json(path: Path) -> object:
     opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as f:
+        return json.load(f)
+
+
+def load_kernel_tuner_cache(path: Path) -> ReplayData:
     try:
-        with opener(path, "rt") as f:
-            data = json.load(f)
+        data = _read_json(path)
         keys = tuple(data["tune_params_keys"])
         values = {k: tuple(data["tune_params"][k]) for k in keys}
         cache = data["cache"]
@@ -76,6 +80,54 @@ def load_kernel_tuner_cache(path: Path) -> ReplayData:
     if not any(r.time_ms is not None for r in records.values()):
         raise SpecError(f"{path}: the cache holds no successful measurement")
     return ReplayData(path.name, keys, values, records)
+
+
+# T4's "timeunit" names the unit of both the measured objective and the tuning times.
+T4_UNITS_TO_MS = {"seconds": 1e3, "milliseconds": 1.0, "miliseconds": 1.0, "microseconds": 1e-3, "nanoseconds": 1e-6}
+
+
+def load_t4_results(path: Path) -> ReplayData:
+    """A T4 results file (the Kernel Tuner community's interchange format, e.g. the BAT benchmark hub's).
+
+    Each result holds a ``configuration``, its ``measurements`` and an ``invalidity``: "correct" is a
+    success, "compile" and "runtime" are recorded failures, "constraints" lies outside the space. The
+    replayed value is the file's first objective (``time`` unless it names another); the tuning cost is
+    compilation + validation + the benchmark runtimes, what Kernel Tuner's simulation mode charges.
+    """
+    try:
+        data = _read_json(path)
+        results = data["results"]
+        unit = T4_UNITS_TO_MS[data.get("metadata", {}).get("timeunit", "milliseconds")]
+        keys = tuple(results[0]["configuration"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, IndexError) as exc:
+        raise SpecError(f"{path}: not a T4 results file ({type(exc).__name__}: {exc})") from None
+    records: dict[tuple, Record] = {}
+    for result in results:
+        if result.get("invalidity") == "constraints":
+            continue
+        point = tuple(result["configuration"][k] for k in keys)
+        times = result.get("times", {})
+        cost = (times.get("compilation", 0) + times.get("validation", 0) + sum(times.get("runtimes", []))) * unit / 1e3
+        objective = (result.get("objectives") or ["time"])[0]
+        value = next((m["value"] for m in result.get("measurements", []) if m.get("name") == objective), None)
+        if result.get("invalidity", "correct") != "correct" or result.get("correctness", 1) == 0:
+            reason = value if isinstance(value, str) else f"{result.get('invalidity')} failure"
+            records.setdefault(point, Record(None, reason, cost))
+        elif isinstance(value, (int, float)) and math.isfinite(value):
+            records.setdefault(point, Record(float(value) * unit, None, cost))
+        else:
+            records.setdefault(point, Record(None, f"recorded {objective} {value!r}", cost))
+    if not any(r.time_ms is not None for r in records.values()):
+        raise SpecError(f"{path}: the file holds no successful measurement")
+    values = {k: _ordered({p[i] for p in records}) for i, k in enumerate(keys)}
+    return ReplayData(path.name, keys, values, records)
+
+
+def _ordered(values: set) -> tuple:
+    try:
+        return tuple(sorted(values))
+    except TypeError:  # mixed types: any fixed order will do
+        return tuple(sorted(values, key=str))
 
 
 def load_trial_table(path: Path) -> ReplayData:
@@ -120,8 +172,14 @@ def load_trial_table(path: Path) -> ReplayData:
 
 
 def load_recording(path: Path) -> ReplayData:
-    """A Kernel Tuner cache (.json, .json.gz) or a cotune trial table (.csv)."""
-    return load_trial_table(path) if path.suffix == ".csv" else load_kernel_tuner_cache(path)
+    """A cotune trial table (.csv), or a Kernel Tuner cache or T4 results file (.json, .json.gz)."""
+    if path.suffix == ".csv":
+        return load_trial_table(path)
+    try:
+        is_t4 = isinstance(data := _read_json(path), dict) and "results" in data and "cache" not in data
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: not a recording ({type(exc).__name__}: {exc})") from None
+    return load_t4_results(path) if is_t4 else load_kernel_tuner_cache(path)
 
 
 def _cell(text: str):
