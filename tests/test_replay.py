@@ -129,6 +129,13 @@ def test_cli_json_and_bad_file(tmp_path):
         text=True,
     )
     assert proc.returncode == 1 and "bad.json: not a Kernel Tuner cache file" in proc.stderr
+    (tmp_path / "no_time.json").write_text(
+        '{"tune_params_keys": ["a"], "tune_params": {"a": [1]}, "cache": {"1": {"a": 1, "GFLOP/s": 3.0}}}'
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "tuner.cli", "replay", str(tmp_path / "no_time.json")], capture_output=True, text=True
+    )
+    assert proc.returncode == 1 and "cache entry '1' is malformed (KeyError: 'time')" in proc.stderr
     empty_t4 = tmp_path / "empty_T4.json"
     empty_t4.write_text('{"schema_version": "1.0.0", "results": []}')
     proc = subprocess.run([sys.executable, "-m", "tuner.cli", "replay", str(empty_t4)], capture_output=True, text=True)

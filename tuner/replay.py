@@ -69,11 +69,15 @@ def load_kernel_tuner_cache(path: Path) -> ReplayData:
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise SpecError(f"{path}: not a Kernel Tuner cache file ({type(exc).__name__}: {exc})") from None
     records = {}
-    for entry in cache.values():
-        point = tuple(entry[k] for k in keys)
-        t = entry["time"]
-        cost = (float(entry.get("compile_time", 0)) + float(entry.get("benchmark_time", 0))) / 1e3
-        if isinstance(t, str) or not math.isfinite(float(t)):
+    for name, entry in cache.items():
+        try:
+            point = tuple(entry[k] for k in keys)
+            t = entry["time"]
+            cost = (float(entry.get("compile_time", 0)) + float(entry.get("benchmark_time", 0))) / 1e3
+            failed = isinstance(t, str) or not math.isfinite(float(t))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SpecError(f"{path}: cache entry {name!r} is malformed ({type(exc).__name__}: {exc})") from None
+        if failed:
             records[point] = Record(None, str(t) if t in FAILURE_MARKERS else f"recorded time {t!r}", cost)
         else:
             records[point] = Record(float(t), None, cost)
@@ -102,14 +106,17 @@ def load_t4_results(path: Path) -> ReplayData:
     except (OSError, json.JSONDecodeError, KeyError, TypeError, IndexError) as exc:
         raise SpecError(f"{path}: not a T4 results file ({type(exc).__name__}: {exc})") from None
     records: dict[tuple, Record] = {}
-    for result in results:
+    for n, result in enumerate(results):
         if result.get("invalidity") == "constraints":
             continue
-        point = tuple(result["configuration"][k] for k in keys)
-        times = result.get("times", {})
-        cost = (times.get("compilation", 0) + times.get("validation", 0) + sum(times.get("runtimes", []))) * unit / 1e3
-        objective = (result.get("objectives") or ["time"])[0]
-        value = next((m["value"] for m in result.get("measurements", []) if m.get("name") == objective), None)
+        try:
+            point = tuple(result["configuration"][k] for k in keys)
+            times = result.get("times", {})
+            cost = (times.get("compilation", 0) + times.get("validation", 0) + sum(times.get("runtimes", []))) * unit / 1e3
+            objective = (result.get("objectives") or ["time"])[0]
+            value = next((m["value"] for m in result.get("measurements", []) if m.get("name") == objective), None)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise SpecError(f"{path}: result {n} is malformed ({type(exc).__name__}: {exc})") from None
         if result.get("invalidity", "correct") != "correct" or result.get("correctness", 1) == 0:
             reason = value if isinstance(value, str) else f"{result.get('invalidity')} failure"
             records.setdefault(point, Record(None, reason, cost))
