@@ -1,0 +1,302 @@
+"""Research harness: variants of the cotune sampler's method, replayed without Optuna on the hard files.
+
+    python bench/sampler_variants.py default rf 'default[xi=0.0]' [--budget 50] [--seeds 20]
+        [--out bench/results/sampler_variants.json]
+
+It drives ``CandidateSampler``'s own proposal logic directly (random starts, then expected improvement with
+the local phase), so the default variant makes exactly the picks the real sampler makes in ``cotune
+replay``, minus Optuna's bookkeeping; the variants change one part of the method each. It reports, per file,
+the median best/optimum after ``--budget`` evaluations and how many runs reached the optimum itself, which
+is what the quarter-budget target needs (at least half the seeds at the optimum after 50 evaluations).
+
+Variants: ``default``; ``default[option=value,...]`` for sampler settings; ``restarts`` (5 restarts of the
+GP's hyperparameter fit); ``maximin`` (space-filling instead of random starts); ``pairs`` (the log2 sum of
+every pair of numeric params as extra inputs); ``log`` (log2 instead of rank encoding for numeric params);
+``rank+log`` (both); ``top3``, ``top5`` (the union of the best 3 or 5 configs' neighbourhoods in the
+local phase); ``rf``, ``extra-trees`` (a forest of 50 trees instead of the GP, uncertainty from the trees'
+spread); ``gp/rf`` (the two models take turns); ``crossover1``, ``crossover2``, ``crossover4`` (the local
+phase also offers every config between the incumbent and each of the next 1, 2 or 4 best, param by param).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse
+import datetime as dt
+import itertools
+import json
+import platform
+import statistics
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from optuna.distributions import CategoricalDistribution
+from search_efficiency import _parse_strategy  # bench/ is on sys.path when run as a script
+
+import tuner.candidate_sampler as cs
+from tuner.replay import load_recording
+
+HARD_FILES = (
+    "convolution_RTX_3090.json.gz",
+    "convolution_milo_A100.json.gz",
+    "convolution_milo_A4000.json.gz",
+    "convolution_milo_MI250X.json.gz",
+    "dedispersion_milo_A4000.json.gz",
+    "gemm_RTX_2080_Ti.json.gz",
+    "gemm_RTX_3090.json.gz",
+)
+
+
+class Variant(cs.CandidateSampler):
+    """The default method; subclasses replace one part of it."""
+
+    def first_pick(self, free: np.ndarray, observed: list) -> int:
+        return int(self._rng.choice(free))
+
+    def next_pick(self, observed: list, free: np.ndarray) -> int:
+        return self._best_expected_improvement(observed, free)
+
+
+class Maximin(Variant):
+    def first_pick(self, free, observed):
+        if not observed:
+            return super().first_pick(free, observed)
+        pool = self._rng.choice(free, min(500, free.size), replace=False)
+        seen = self._X[[i for i, _ in observed]]
+        distance = ((self._X[pool][:, None, :] - seen[None]) ** 2).sum(-1).min(1)
+        return int(pool[int(np.argmax(distance))])
+
+
+class Restarts(Variant):
+    """The GP's hyperparameters fitted from 5 more starting points (the module's fit, swapped in per pick)."""
+
+    def next_pick(self, observed, free):
+        saved = cs._fit_gp
+        cs._fit_gp = _fit_gp_with_restarts
+        try:
+            return super().next_pick(observed, free)
+        finally:
+            cs._fit_gp = saved
+
+
+def _fit_gp_with_restarts(X, y, seed, *, kernel=None, normalize_y=False):
+    if kernel is not None:
+        return _DEFAULT_FIT(X, y, seed, kernel=kernel, normalize_y=normalize_y)
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+
+    fresh = ConstantKernel(1.0, (1e-2, 1e2)) * Matern(
+        length_scale=np.full(X.shape[1], 0.5), length_scale_bounds=(1e-2, 1e2), nu=2.5
+    ) + WhiteKernel(1e-2, (1e-6, 1e0))
+    gp = GaussianProcessRegressor(fresh, normalize_y=normalize_y, random_state=seed, n_restarts_optimizer=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gp.fit(X, y)
+    return gp
+
+
+_DEFAULT_FIT = cs._fit_gp
+
+
+class Model(Variant):
+    """The default pick with another surrogate: ``model(X, y)`` returns a predict(X) -> (mean, std)."""
+
+    kind = "rf"
+
+    def next_pick(self, observed, free):
+        ok = np.array([v for _, v in observed if v is not None], dtype=float)
+        worst = float(np.log(ok).max())
+        y = np.array([np.log(v) if v is not None else worst for _, v in observed])
+        ys = (y - y.mean()) / (y.std() or 1.0)
+        kind = self.kind if self.kind != "gp/rf" else ("gp" if len(observed) % 2 == 0 else "rf")
+        if kind == "gp":
+            return super().next_pick(observed, free)
+        from sklearn.ensemble import ExtraTreesRegressor, RandomForestRegressor
+
+        forest = (ExtraTreesRegressor if kind == "extra-trees" else RandomForestRegressor)(
+            n_estimators=50, max_features=0.8, bootstrap=True, random_state=len(observed) + 1000 * (self._seed or 0)
+        ).fit(self._X[[i for i, _ in observed]], ys)
+        pool = self._local_pool(observed, free)
+        trees = np.stack([t.predict(self._X[pool]) for t in forest.estimators_])
+        return int(pool[int(np.argmax(_ei(trees.mean(0), trees.std(0), ys, observed, self._xi)))])
+
+    def _local_pool(self, observed, free):
+        if self._local and len(observed) >= self._local_after and self._rng.random() < self._local:
+            incumbent = observed[int(np.argmin([v if v is not None else np.inf for _, v in observed]))][0]
+            near = free[(self._raw[free] != self._raw[incumbent]).sum(axis=1) <= self._radius]
+            if near.size:
+                return near
+        return free
+
+
+class TopK(Variant):
+    """Local phase over the union of the k best configs' neighbourhoods."""
+
+    k = 3
+
+    def next_pick(self, observed, free):
+        gp = self._fitted(observed)
+        pool = free
+        if self._local and len(observed) >= self._local_after and self._rng.random() < self._local:
+            best = [i for _, i in sorted((v, i) for i, v in observed if v is not None)[: self.k]]
+            near = np.unique(np.concatenate([free[(self._raw[free] != self._raw[i]).sum(axis=1) <= 1] for i in best]))
+            if near.size:
+                pool = near
+        mu, sigma = gp.predict(self._X[pool], return_std=True)
+        return int(pool[int(np.argmax(_ei(mu, sigma, self._ys, observed, self._xi)))])
+
+    def _fitted(self, observed):
+        ok = np.array([v for _, v in observed if v is not None], dtype=float)
+        worst = float(np.log(ok).max())
+        y = np.array([np.log(v) if v is not None else worst for _, v in observed])
+        self._ys = (y - y.mean()) / (y.std() or 1.0)
+        refit = self._kernel is None or len(observed) - self._fitted_at >= self._refit_every
+        gp = cs._fit_gp(self._X[[i for i, _ in observed]], self._ys, self._seed, kernel=None if refit else self._kernel)
+        if refit:
+            self._kernel, self._fitted_at = gp.kernel_, len(observed)
+        return gp
+
+
+class Crossover(TopK):
+    """Local phase over the incumbent's neighbours plus the configs between it and each of the next k best
+    (every param taken from one of the two): moves that change several params at once, towards where
+    other good configs lie, as a genetic algorithm's crossover does."""
+
+    def next_pick(self, observed, free):
+        gp = self._fitted(observed)
+        pool = free
+        if self._local and len(observed) >= self._local_after and self._rng.random() < self._local:
+            best = [i for _, i in sorted((v, i) for i, v in observed if v is not None)[: self.k + 1]]
+            incumbent, others = self._raw[best[0]], [self._raw[i] for i in best[1:]]
+            differs = self._raw[free] != incumbent
+            near = differs.sum(axis=1) <= 1
+            for other in others:
+                # between: every param equals the incumbent's or the other's
+                near |= ((self._raw[free] == incumbent) | (self._raw[free] == other)).all(axis=1)
+            if near.any():
+                pool = free[near]
+        mu, sigma = gp.predict(self._X[pool], return_std=True)
+        return int(pool[int(np.argmax(_ei(mu, sigma, self._ys, observed, self._xi)))])
+
+
+def _ei(mu, sigma, ys, observed, xi):
+    best = ys[[v is not None for _, v in observed]].min()
+    sigma = np.maximum(sigma, 1e-9)
+    z = (best - mu - xi) / sigma
+    return (best - mu - xi) * cs._norm_cdf(z) + sigma * cs._norm_pdf(z)
+
+
+def _encode(sampler: Variant, mode: str) -> None:
+    """Re-encode the inputs: "pairs" adds log2 sums of numeric pairs, "log"/"rank+log" change the ranks."""
+    numeric = {}
+    for j in range(len(sampler._params)):
+        values = {p[j] for p in sampler._points}
+        if len(values) >= 3 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values):
+            numeric[j] = np.log2(np.array([p[j] for p in sampler._points], dtype=float))
+    scaled = {j: (c - c.min()) / (c.max() - c.min()) for j, c in numeric.items()}
+    if mode == "pairs":
+        extra = [numeric[a] + numeric[b] for a, b in itertools.combinations(numeric, 2)]
+        extra = [(c - c.min()) / (c.max() - c.min()) for c in extra if c.max() > c.min()]
+        if extra:
+            sampler._X = np.hstack([sampler._X, np.array(extra).T])
+        return
+    columns = []
+    for j in range(len(sampler._params)):
+        values = [p[j] for p in sampler._points]
+        rank = cs._rank_encoding(values)
+        if j not in scaled or mode == "rank+log":
+            columns.append([rank[v] for v in values])
+        if j in scaled:
+            columns.append(scaled[j])
+        align = cs._alignment_encoding(values)
+        if align is not None:
+            columns.append(align)
+    sampler._X = np.array(columns, dtype=float).T
+
+
+def make(variant: str, candidates, distributions, seed) -> Variant:
+    name, options = _parse_strategy(variant)
+    classes = {"default": Variant, "maximin": Maximin, "restarts": Restarts, "top3": TopK, "top5": TopK}
+    classes |= dict.fromkeys(("crossover1", "crossover2", "crossover4"), Crossover)
+    classes |= dict.fromkeys(("rf", "extra-trees", "gp/rf"), Model)
+    classes |= dict.fromkeys(("pairs", "log", "rank+log"), Variant)
+    if name not in classes:
+        raise SystemExit(f"unknown variant {name!r}; known: {', '.join(classes)}")
+    sampler = classes[name](candidates, distributions, seed=seed, **options)
+    if name in ("top3", "top5"):
+        sampler.k = int(name[3:])
+    if name.startswith("crossover"):
+        sampler.k = int(name.removeprefix("crossover"))
+    if classes[name] is Model:
+        sampler.kind = name
+    if name in ("pairs", "log", "rank+log"):
+        _encode(sampler, name)
+    return sampler
+
+
+def one(args: tuple[str, str, int, int]) -> dict:
+    path, variant, seed, budget = args
+    data = load_recording(Path(path))
+    candidates = [dict(zip(data.keys, p, strict=True)) for p in data.records]
+    dists = {k: CategoricalDistribution(list(data.values[k])) for k in data.keys}
+    sampler = make(variant, candidates, dists, seed)
+    times = [data.records[p].time_ms for p in sampler._points]
+    taken = np.zeros(len(times), dtype=bool)
+    observed: list[tuple[int, float | None]] = []
+    for _ in range(min(budget, len(times))):
+        free = np.flatnonzero(~taken)
+        measured = sum(v is not None for _, v in observed)
+        if measured < max(2, sampler._n_startup):
+            pick = sampler.first_pick(free, observed)
+        else:
+            pick = sampler.next_pick(observed, free)
+        taken[pick] = True
+        observed.append((pick, times[pick]))
+    best = min(v for _, v in observed if v is not None)
+    return {"file": data.name, "variant": variant, "seed": seed, "ratio": best / data.optimum}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("variants", nargs="+")
+    ap.add_argument("--data", type=Path, default=Path("../shared/bench/replay"))
+    ap.add_argument("--files", nargs="*", default=list(HARD_FILES))
+    ap.add_argument("--budget", type=int, default=50)
+    ap.add_argument("--seeds", type=int, default=20)
+    ap.add_argument("--out", type=Path, default=Path("bench/results/sampler_variants.json"))
+    args = ap.parse_args()
+    jobs = [(str(args.data / f), v, s, args.budget) for v in args.variants for f in args.files for s in range(args.seeds)]
+    started = dt.datetime.now(dt.UTC)
+    with ProcessPoolExecutor() as pool:
+        rows = list(pool.map(one, jobs, chunksize=1))
+    summary = []
+    for variant in args.variants:
+        line = {"variant": variant, "at_optimum": 0, "files": {}}
+        for f in args.files:
+            ratios = [r["ratio"] for r in rows if r["variant"] == variant and r["file"] == f]
+            hits = sum(r <= 1.0 for r in ratios)
+            line["files"][f] = {"median": round(statistics.median(ratios), 4), "at_optimum": hits}
+            line["at_optimum"] += hits
+        summary.append(line)
+        cells = " | ".join(f"{v['median']:.3f} ({v['at_optimum']})" for v in line["files"].values())
+        print(f"| {variant} | {cells} | {line['at_optimum']}/{len(args.files) * args.seeds} |", flush=True)
+    result = {
+        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "date": started.date().isoformat(),
+        "seconds": round((dt.datetime.now(dt.UTC) - started).total_seconds()),
+        "budget": args.budget,
+        "seeds": args.seeds,
+        "summary": summary,
+        "runs": rows,
+    }
+    args.out.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
