@@ -271,7 +271,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--out", type=Path, default=Path("bench/results/sampler_variants.json"))
     args = ap.parse_args()
-    jobs = [(str(args.data / f), v, s, args.budget) for v in args.variants for f in args.files for s in range(args.seeds)]
+    jobs = [
+        (str(args.data / f), v, s, args.budget) for v in args.variants for f in args.files for s in range(args.seeds)
+    ]
     started = dt.datetime.now(dt.UTC)
     with ProcessPoolExecutor() as pool:
         rows = list(pool.map(one, jobs, chunksize=1))

@@ -168,7 +168,11 @@ def main() -> None:
     ap.add_argument("--strategies", nargs="+", default=["random", "tpe"])
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--budget", type=int, default=200)
-    ap.add_argument("--files", nargs="*", help="file names under --data: Kernel Tuner caches or T4 results (default: every cache; the T4 copies of caches are skipped)")
+    ap.add_argument(
+        "--files",
+        nargs="*",
+        help="file names under --data, Kernel Tuner caches or T4 results (default: every cache; T4 copies are skipped)",
+    )
     ap.add_argument("--out", type=Path, default=Path("bench/results/search_efficiency.json"))
     ap.add_argument("--procs", type=int, default=None, help="worker processes (default: one per core)")
     args = ap.parse_args()

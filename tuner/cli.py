@@ -276,8 +276,8 @@ def replay(
         typer.Option(help="a recording of the same kernel elsewhere (another GPU), which the cotune sampler models"),
     ] = None,
 ) -> None:
-    """Replay a recording through the search, running no kernel: a Kernel Tuner brute-force cache, a T4 results file, or a
-    cotune trial table (trials.csv from a study's MLflow parent run)."""
+    """Replay a recording through the search, running no kernel: a Kernel Tuner brute-force cache, a T4
+    results file, or a cotune trial table (trials.csv from a study's MLflow parent run)."""
     from tuner.replay import load_recording
     from tuner.replay import replay as run_replay
 

@@ -112,7 +112,9 @@ def load_t4_results(path: Path) -> ReplayData:
         try:
             point = tuple(result["configuration"][k] for k in keys)
             times = result.get("times", {})
-            cost = (times.get("compilation", 0) + times.get("validation", 0) + sum(times.get("runtimes", []))) * unit / 1e3
+            cost = (
+                (times.get("compilation", 0) + times.get("validation", 0) + sum(times.get("runtimes", []))) * unit / 1e3
+            )
             objective = (result.get("objectives") or ["time"])[0]
             value = next((m["value"] for m in result.get("measurements", []) if m.get("name") == objective), None)
         except (KeyError, TypeError, AttributeError) as exc:
