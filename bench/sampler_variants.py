@@ -105,34 +105,24 @@ _DEFAULT_FIT = cs._fit_gp
 
 
 class Model(Variant):
-    """The default pick with another surrogate: ``model(X, y)`` returns a predict(X) -> (mean, std)."""
+    """The default pick with a forest instead of the GP: its trees' mean and spread feed expected improvement."""
 
     kind = "rf"
 
     def next_pick(self, observed, free):
-        ok = np.array([v for _, v in observed if v is not None], dtype=float)
-        worst = float(np.log(ok).max())
-        y = np.array([np.log(v) if v is not None else worst for _, v in observed])
-        ys = (y - y.mean()) / (y.std() or 1.0)
         kind = self.kind if self.kind != "gp/rf" else ("gp" if len(observed) % 2 == 0 else "rf")
         if kind == "gp":
             return super().next_pick(observed, free)
         from sklearn.ensemble import ExtraTreesRegressor, RandomForestRegressor
 
+        ys = self._targets(observed)
         forest = (ExtraTreesRegressor if kind == "extra-trees" else RandomForestRegressor)(
             n_estimators=50, max_features=0.8, bootstrap=True, random_state=len(observed) + 1000 * (self._seed or 0)
         ).fit(self._X[[i for i, _ in observed]], ys)
-        pool = self._local_pool(observed, free)
+        pool = self._pool(observed, free)
         trees = np.stack([t.predict(self._X[pool]) for t in forest.estimators_])
-        return int(pool[int(np.argmax(_ei(trees.mean(0), trees.std(0), ys, observed, self._xi)))])
-
-    def _local_pool(self, observed, free):
-        if self._local and len(observed) >= self._local_after and self._rng.random() < self._local:
-            incumbent = observed[int(np.argmin([v if v is not None else np.inf for _, v in observed]))][0]
-            near = free[(self._raw[free] != self._raw[incumbent]).sum(axis=1) <= self._radius]
-            if near.size:
-                return near
-        return free
+        best = ys[[v is not None for _, v in observed]].min()
+        return int(pool[int(np.argmax(cs._expected_improvement(trees.mean(0), trees.std(0), best, self._xi)))])
 
 
 class TopK(Variant):
@@ -140,56 +130,32 @@ class TopK(Variant):
 
     k = 3
 
-    def next_pick(self, observed, free):
-        gp = self._fitted(observed)
-        pool = free
+    def _pool(self, observed, free):
         if self._local and len(observed) >= self._local_after and self._rng.random() < self._local:
             best = [i for _, i in sorted((v, i) for i, v in observed if v is not None)[: self.k]]
             near = np.unique(np.concatenate([free[(self._raw[free] != self._raw[i]).sum(axis=1) <= 1] for i in best]))
             if near.size:
-                pool = near
-        mu, sigma = gp.predict(self._X[pool], return_std=True)
-        return int(pool[int(np.argmax(_ei(mu, sigma, self._ys, observed, self._xi)))])
-
-    def _fitted(self, observed):
-        ok = np.array([v for _, v in observed if v is not None], dtype=float)
-        worst = float(np.log(ok).max())
-        y = np.array([np.log(v) if v is not None else worst for _, v in observed])
-        self._ys = (y - y.mean()) / (y.std() or 1.0)
-        refit = self._kernel is None or len(observed) - self._fitted_at >= self._refit_every
-        gp = cs._fit_gp(self._X[[i for i, _ in observed]], self._ys, self._seed, kernel=None if refit else self._kernel)
-        if refit:
-            self._kernel, self._fitted_at = gp.kernel_, len(observed)
-        return gp
+                return near
+        return free
 
 
-class Crossover(TopK):
+class Crossover(Variant):
     """Local phase over the incumbent's neighbours plus the configs between it and each of the next k best
     (every param taken from one of the two): moves that change several params at once, towards where
     other good configs lie, as a genetic algorithm's crossover does."""
 
-    def next_pick(self, observed, free):
-        gp = self._fitted(observed)
-        pool = free
+    k = 1
+
+    def _pool(self, observed, free):
         if self._local and len(observed) >= self._local_after and self._rng.random() < self._local:
             best = [i for _, i in sorted((v, i) for i, v in observed if v is not None)[: self.k + 1]]
-            incumbent, others = self._raw[best[0]], [self._raw[i] for i in best[1:]]
-            differs = self._raw[free] != incumbent
-            near = differs.sum(axis=1) <= 1
-            for other in others:
-                # between: every param equals the incumbent's or the other's
+            incumbent = self._raw[best[0]]
+            near = (self._raw[free] != incumbent).sum(axis=1) <= 1
+            for other in (self._raw[i] for i in best[1:]):
                 near |= ((self._raw[free] == incumbent) | (self._raw[free] == other)).all(axis=1)
             if near.any():
-                pool = free[near]
-        mu, sigma = gp.predict(self._X[pool], return_std=True)
-        return int(pool[int(np.argmax(_ei(mu, sigma, self._ys, observed, self._xi)))])
-
-
-def _ei(mu, sigma, ys, observed, xi):
-    best = ys[[v is not None for _, v in observed]].min()
-    sigma = np.maximum(sigma, 1e-9)
-    z = (best - mu - xi) / sigma
-    return (best - mu - xi) * cs._norm_cdf(z) + sigma * cs._norm_pdf(z)
+                return free[near]
+        return free
 
 
 def _encode(sampler: Variant, mode: str) -> None:

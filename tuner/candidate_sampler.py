@@ -220,35 +220,41 @@ class CandidateSampler(BaseSampler):
         return dict(zip(self._params, self._points[pick], strict=True))
 
     def _best_expected_improvement(self, observed: list[tuple[int, float | None]], free: np.ndarray) -> int:
+        ys = self._targets(observed)
+        gp = self._fit(observed, ys)
+        pool = self._pool(observed, free)
+        if pool.size > self._max_pool:
+            pool = self._rng.choice(pool, self._max_pool, replace=False)
+        mu, sigma = gp.predict(self._X[pool], return_std=True)
+        best = ys[[v is not None for _, v in observed]].min()
+        return int(pool[int(np.argmax(_expected_improvement(mu, sigma, best, self._xi)))])
+
+    def _targets(self, observed: list[tuple[int, float | None]]) -> np.ndarray:
+        """The model's targets: log values (plain ones if any is not positive), a failure as the worst
+        value seen, standardised."""
         ok = np.array([v for _, v in observed if v is not None], dtype=float)
-        positive = bool(np.all(ok > 0))
-        transform = np.log if positive else (lambda a: a)
+        transform = np.log if bool(np.all(ok > 0)) else (lambda a: a)
         worst = float(transform(ok).max())
         y = np.array([transform(v) if v is not None else worst for _, v in observed], dtype=float)
-        X = self._X[[i for i, _ in observed]]
-        y_mean, y_std = y.mean(), y.std() or 1.0
-        ys = (y - y_mean) / y_std
+        return (y - y.mean()) / (y.std() or 1.0)
 
+    def _fit(self, observed: list[tuple[int, float | None]], ys: np.ndarray) -> Any:
         refit = self._kernel is None or len(observed) - self._fitted_at >= self._refit_every
-        gp = _fit_gp(X, ys, self._seed, kernel=None if refit else self._kernel)
+        gp = _fit_gp(self._X[[i for i, _ in observed]], ys, self._seed, kernel=None if refit else self._kernel)
         if refit:
             self._kernel, self._fitted_at = gp.kernel_, len(observed)
+        return gp
 
-        pool = free
+    def _pool(self, observed: list[tuple[int, float | None]], free: np.ndarray) -> np.ndarray:
+        """The configs this pick chooses from: in the local phase (a ``local`` share of picks once
+        ``local_after`` are measured) the incumbent's unmeasured neighbours, otherwise every free one."""
         if self._local and len(observed) >= self._local_after and self._rng.random() < self._local:
             incumbent = observed[int(np.argmin([v if v is not None else np.inf for _, v in observed]))][0]
             differs = (self._raw[free] != self._raw[incumbent]).sum(axis=1)
             near = free[differs <= self._radius]
             if near.size:
-                pool = near
-        if pool.size > self._max_pool:
-            pool = self._rng.choice(pool, self._max_pool, replace=False)
-        mu, sigma = gp.predict(self._X[pool], return_std=True)
-        best = ys[[v is not None for _, v in observed]].min()
-        sigma = np.maximum(sigma, 1e-9)
-        z = (best - mu - self._xi) / sigma
-        ei = (best - mu - self._xi) * _norm_cdf(z) + sigma * _norm_pdf(z)
-        return int(pool[int(np.argmax(ei))])
+                return near
+        return free
 
     def sample_independent(
         self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
@@ -259,6 +265,13 @@ class CandidateSampler(BaseSampler):
             return choices[int(self._rng.integers(len(choices)))]
         low, high = param_distribution.low, param_distribution.high  # type: ignore[attr-defined]
         return low + (high - low) * float(self._rng.random())
+
+
+def _expected_improvement(mu: np.ndarray, sigma: np.ndarray, best: float, xi: float) -> np.ndarray:
+    """EI of lower-is-better predictions over ``best``, ``xi`` the margin an improvement must clear."""
+    sigma = np.maximum(sigma, 1e-9)
+    z = (best - mu - xi) / sigma
+    return (best - mu - xi) * _norm_cdf(z) + sigma * _norm_pdf(z)
 
 
 def _norm_pdf(z: np.ndarray) -> np.ndarray:
