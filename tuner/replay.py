@@ -60,9 +60,10 @@ def _read_json(path: Path) -> object:
         return json.load(f)
 
 
-def load_kernel_tuner_cache(path: Path) -> ReplayData:
+def load_kernel_tuner_cache(path: Path, data: object = None) -> ReplayData:
+    """``data``: the file's content when the caller has already read it."""
     try:
-        data = _read_json(path)
+        data = _read_json(path) if data is None else data
         keys = tuple(data["tune_params_keys"])
         values = {k: tuple(data["tune_params"][k]) for k in keys}
         cache = data["cache"]
@@ -90,16 +91,17 @@ def load_kernel_tuner_cache(path: Path) -> ReplayData:
 T4_UNITS_TO_MS = {"seconds": 1e3, "milliseconds": 1.0, "miliseconds": 1.0, "microseconds": 1e-3, "nanoseconds": 1e-6}
 
 
-def load_t4_results(path: Path) -> ReplayData:
+def load_t4_results(path: Path, data: object = None) -> ReplayData:
     """A T4 results file (the Kernel Tuner community's interchange format, e.g. the BAT benchmark hub's).
 
     Each result holds a ``configuration``, its ``measurements`` and an ``invalidity``: "correct" is a
     success, "compile" and "runtime" are recorded failures, "constraints" lies outside the space. The
     replayed value is the file's first objective (``time`` unless it names another); the tuning cost is
     compilation + validation + the benchmark runtimes, what Kernel Tuner's simulation mode charges.
+    ``data``: the file's content when the caller has already read it.
     """
     try:
-        data = _read_json(path)
+        data = _read_json(path) if data is None else data
         results = data["results"]
         unit = T4_UNITS_TO_MS[data.get("metadata", {}).get("timeunit", "milliseconds")]
         keys = tuple(results[0]["configuration"])
@@ -185,10 +187,11 @@ def load_recording(path: Path) -> ReplayData:
     if path.suffix == ".csv":
         return load_trial_table(path)
     try:
-        is_t4 = isinstance(data := _read_json(path), dict) and "results" in data and "cache" not in data
+        data = _read_json(path)
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SpecError(f"{path}: not a recording ({type(exc).__name__}: {exc})") from None
-    return load_t4_results(path) if is_t4 else load_kernel_tuner_cache(path)
+    is_t4 = isinstance(data, dict) and "results" in data and "cache" not in data
+    return load_t4_results(path, data) if is_t4 else load_kernel_tuner_cache(path, data)
 
 
 def _cell(text: str):
