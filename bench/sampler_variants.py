@@ -9,13 +9,14 @@ replay``, minus Optuna's bookkeeping; the variants change one part of the method
 the median best/optimum after ``--budget`` evaluations and how many runs reached the optimum itself, which
 is what the quarter-budget target needs (at least half the seeds at the optimum after 50 evaluations).
 
-Variants: ``default``; ``default[option=value,...]`` for sampler settings; ``restarts`` (5 restarts of the
-GP's hyperparameter fit); ``maximin`` (space-filling instead of random starts); ``pairs`` (the log2 sum of
-every pair of numeric params as extra inputs); ``log`` (log2 instead of rank encoding for numeric params);
-``rank+log`` (both); ``top3``, ``top5`` (the union of the best 3 or 5 configs' neighbourhoods in the
-local phase); ``rf``, ``extra-trees`` (a forest of 50 trees instead of the GP, uncertainty from the trees'
-spread); ``gp/rf`` (the two models take turns); ``crossover1``, ``crossover2``, ``crossover4`` (the local
-phase also offers every config between the incumbent and each of the next 1, 2 or 4 best, param by param).
+Variants: ``default``; ``default[option=value,...]`` for sampler settings; ``restarts`` (short for
+``default[gp_restarts=5]``: 5 more starting points for the GP's hyperparameter fit); ``maximin``
+(space-filling instead of random starts); ``pairs`` (the log2 sum of every pair of numeric params as extra
+inputs); ``log`` (log2 instead of rank encoding for numeric params); ``rank+log`` (both); ``top3``,
+``top5`` (the union of the best 3 or 5 configs' neighbourhoods in the local phase); ``rf``,
+``extra-trees`` (a forest of 50 trees instead of the GP, uncertainty from the trees' spread); ``gp/rf``
+(the two models take turns); ``crossover1``, ``crossover2``, ``crossover4`` (the local phase also offers
+every config between the incumbent and each of the next 1, 2 or 4 best, param by param).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import itertools
 import json
 import platform
 import statistics
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -71,37 +71,6 @@ class Maximin(Variant):
         seen = self._X[[i for i, _ in observed]]
         distance = ((self._X[pool][:, None, :] - seen[None]) ** 2).sum(-1).min(1)
         return int(pool[int(np.argmax(distance))])
-
-
-class Restarts(Variant):
-    """The GP's hyperparameters fitted from 5 more starting points (the module's fit, swapped in per pick)."""
-
-    def next_pick(self, observed, free):
-        saved = cs._fit_gp
-        cs._fit_gp = _fit_gp_with_restarts
-        try:
-            return super().next_pick(observed, free)
-        finally:
-            cs._fit_gp = saved
-
-
-def _fit_gp_with_restarts(X, y, seed, *, kernel=None, normalize_y=False):
-    if kernel is not None:
-        return _DEFAULT_FIT(X, y, seed, kernel=kernel, normalize_y=normalize_y)
-    from sklearn.gaussian_process import GaussianProcessRegressor
-    from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
-
-    fresh = ConstantKernel(1.0, (1e-2, 1e2)) * Matern(
-        length_scale=np.full(X.shape[1], 0.5), length_scale_bounds=(1e-2, 1e2), nu=2.5
-    ) + WhiteKernel(1e-2, (1e-6, 1e0))
-    gp = GaussianProcessRegressor(fresh, normalize_y=normalize_y, random_state=seed, n_restarts_optimizer=5)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        gp.fit(X, y)
-    return gp
-
-
-_DEFAULT_FIT = cs._fit_gp
 
 
 class Model(Variant):
@@ -186,9 +155,12 @@ def _encode(sampler: Variant, mode: str) -> None:
     sampler._X = np.array(columns, dtype=float).T
 
 
+ALIASES = {"restarts": "default[gp_restarts=5]"}
+
+
 def make(variant: str, candidates, distributions, seed) -> Variant:
-    name, options = _parse_strategy(variant)
-    classes = {"default": Variant, "maximin": Maximin, "restarts": Restarts, "top3": TopK, "top5": TopK}
+    name, options = _parse_strategy(ALIASES.get(variant, variant))
+    classes = {"default": Variant, "maximin": Maximin, "top3": TopK, "top5": TopK}
     classes |= dict.fromkeys(("crossover1", "crossover2", "crossover4"), Crossover)
     classes |= dict.fromkeys(("rf", "extra-trees", "gp/rf"), Model)
     classes |= dict.fromkeys(("pairs", "log", "rank+log"), Variant)

@@ -110,9 +110,12 @@ def _related_feature(
     return list((column - low) / (high - low))
 
 
-def _fit_gp(X: np.ndarray, y: np.ndarray, seed: int | None, *, kernel: Any = None, normalize_y: bool = False) -> Any:
+def _fit_gp(
+    X: np.ndarray, y: np.ndarray, seed: int | None, *, kernel: Any = None, normalize_y: bool = False, restarts: int = 0
+) -> Any:
     """A GP over ``X``: Matern 5/2 with one length scale per column, plus noise, its hyperparameters fitted
-    by marginal likelihood; or, given ``kernel`` (an earlier fit's), that kernel reused as it is."""
+    by marginal likelihood (from ``restarts`` more random starting points too); or, given ``kernel`` (an
+    earlier fit's), that kernel reused as it is."""
     from sklearn.gaussian_process import GaussianProcessRegressor
     from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
 
@@ -120,7 +123,7 @@ def _fit_gp(X: np.ndarray, y: np.ndarray, seed: int | None, *, kernel: Any = Non
         fresh = ConstantKernel(1.0, (1e-2, 1e2)) * Matern(
             length_scale=np.full(X.shape[1], 0.5), length_scale_bounds=(1e-2, 1e2), nu=2.5
         ) + WhiteKernel(1e-2, (1e-6, 1e0))
-        gp = GaussianProcessRegressor(fresh, normalize_y=normalize_y, random_state=seed)
+        gp = GaussianProcessRegressor(fresh, normalize_y=normalize_y, random_state=seed, n_restarts_optimizer=restarts)
     else:
         gp = GaussianProcessRegressor(kernel, optimizer=None, normalize_y=normalize_y)
     with warnings.catch_warnings():
@@ -138,6 +141,7 @@ class CandidateSampler(BaseSampler):
         seed: int | None = None,
         n_startup: int = 10,
         refit_every: int = 10,
+        gp_restarts: int = 0,
         max_pool: int = 20000,
         xi: float = 0.01,
         align_features: bool = True,
@@ -172,6 +176,7 @@ class CandidateSampler(BaseSampler):
         self._seed = seed
         self._n_startup = n_startup
         self._refit_every = refit_every
+        self._gp_restarts = gp_restarts
         self._max_pool = max_pool
         self._xi = xi
         self._local = local
@@ -240,7 +245,8 @@ class CandidateSampler(BaseSampler):
 
     def _fit(self, observed: list[tuple[int, float | None]], ys: np.ndarray) -> Any:
         refit = self._kernel is None or len(observed) - self._fitted_at >= self._refit_every
-        gp = _fit_gp(self._X[[i for i, _ in observed]], ys, self._seed, kernel=None if refit else self._kernel)
+        X = self._X[[i for i, _ in observed]]
+        gp = _fit_gp(X, ys, self._seed, kernel=None if refit else self._kernel, restarts=self._gp_restarts)
         if refit:
             self._kernel, self._fitted_at = gp.kernel_, len(observed)
         return gp
