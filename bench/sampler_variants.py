@@ -16,7 +16,11 @@ inputs); ``log`` (log2 instead of rank encoding for numeric params); ``rank+log`
 ``top5`` (the union of the best 3 or 5 configs' neighbourhoods in the local phase); ``rf``,
 ``extra-trees`` (a forest of 50 trees instead of the GP, uncertainty from the trees' spread); ``gp/rf``
 (the two models take turns); ``crossover1``, ``crossover2``, ``crossover4`` (the local phase also offers
-every config between the incumbent and each of the next 1, 2 or 4 best, param by param).
+every config between the incumbent and each of the next 1, 2 or 4 best, param by param); ``lcb0.5``,
+``lcb1``, ``lcb2`` (the lowest confidence bound, mean minus 0.5, 1 or 2 standard deviations, instead of
+expected improvement, for every pick); ``lcb-local1``, ``lcb-global1`` (the bound for the local or the
+global picks only, expected improvement for the others); ``thompson`` (one draw per config from the GP's
+marginal posterior, the lowest wins).
 """
 
 from __future__ import annotations
@@ -127,6 +131,28 @@ class Crossover(Variant):
         return free
 
 
+class Acquisition(Variant):
+    """The default pool and model with another score than expected improvement."""
+
+    score = "lcb"  # lcb, lcb-local, lcb-global or thompson
+    beta = 1.0
+
+    def _best_expected_improvement(self, observed, free):
+        ys = self._targets(observed)
+        gp = self._fit(observed, ys)
+        pool = self._pool(observed, free)
+        local = pool.size < free.size
+        mu, sigma = gp.predict(self._X[pool], return_std=True)
+        if self.score == "thompson":
+            value = -(mu + sigma * self._rng.standard_normal(mu.size))
+        elif self.score == "lcb" or (self.score == "lcb-local") == local:
+            value = -(mu - self.beta * sigma)
+        else:
+            best = ys[[v is not None for _, v in observed]].min()
+            value = cs._expected_improvement(mu, sigma, best, self._xi)
+        return int(pool[int(np.argmax(value))])
+
+
 def _encode(sampler: Variant, mode: str) -> None:
     """Re-encode the inputs: "pairs" adds log2 sums of numeric pairs, "log"/"rank+log" change the ranks."""
     numeric = {}
@@ -164,6 +190,7 @@ def make(variant: str, candidates, distributions, seed) -> Variant:
     classes |= dict.fromkeys(("crossover1", "crossover2", "crossover4"), Crossover)
     classes |= dict.fromkeys(("rf", "extra-trees", "gp/rf"), Model)
     classes |= dict.fromkeys(("pairs", "log", "rank+log"), Variant)
+    classes |= dict.fromkeys(("lcb0.5", "lcb1", "lcb2", "lcb-local1", "lcb-global1", "thompson"), Acquisition)
     if name not in classes:
         raise SystemExit(f"unknown variant {name!r}; known: {', '.join(classes)}")
     sampler = classes[name](candidates, distributions, seed=seed, **options)
@@ -175,6 +202,9 @@ def make(variant: str, candidates, distributions, seed) -> Variant:
         sampler.kind = name
     if name in ("pairs", "log", "rank+log"):
         _encode(sampler, name)
+    if classes[name] is Acquisition:
+        sampler.score = name.rstrip("0123456789.") or name
+        sampler.beta = float(name.removeprefix(sampler.score) or 0)
     return sampler
 
 
