@@ -119,6 +119,17 @@ def test_related_trials_outside_this_space_or_failed_are_handled():
     assert X[0, -1] == 0.0 and X[1, -1] == 1.0 and X[2, -1] == 1.0  # 2 ms best, the failure = worst (4 ms)
 
 
+def test_a_related_studys_feature_does_not_depend_on_the_studies_before_it():
+    """Each related study's unmeasured configs are imputed from the params alone, so its column is the same
+    whether or not another related study comes first."""
+    first = [(c, landscape(c)) for c in FEASIBLE[::3]]
+    second = [(c, other_gpu(c)) for c in FEASIBLE[1::4]]
+    alone = CandidateSampler(FEASIBLE, DISTS, seed=0, related=[second])
+    after = CandidateSampler(FEASIBLE, DISTS, seed=0, related=[first, second])
+    assert after.related_features == 2
+    assert after._X[:, -1] == pytest.approx(alone._X[:, -1])
+
+
 def test_local_phase_walks_the_incumbents_neighbourhood_then_goes_global_again():
     """With local=1, every proposal after local_after differs from the best config so far in one param at
     most, until that neighbourhood is all measured; then the pick is global again instead of stalling."""

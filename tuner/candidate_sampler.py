@@ -166,8 +166,11 @@ class CandidateSampler(BaseSampler):
             if align is not None:
                 columns.append(align)
         self.related_features = 0  # how many related studies became a model feature
+        # Each related study is imputed from the params alone, so its column does not depend on which other
+        # related studies came before it.
+        encoded = np.array(columns, dtype=float).T
         for trials in related:
-            column = _related_feature(self._params, self._points, np.array(columns, dtype=float).T, trials, seed)
+            column = _related_feature(self._params, self._points, encoded, trials, seed)
             if column is not None:
                 columns.append(column)
                 self.related_features += 1
