@@ -4,8 +4,10 @@ the cotune sampler models it from the neighbours' trials."""
 from __future__ import annotations
 
 import optuna
+import pytest
 
 from tuner.driver import StudySession, job_space, study_name, tune_job
+from tuner.errors import SpecError
 from tuner.isolation import CandidateRunner
 from tuner.registry import get_kernel
 from tuner.spec import parse_spec
@@ -29,9 +31,10 @@ def _first_trials(url: str, outcomes) -> tuple[dict, dict]:
     return small.user_attrs["best"]["config"], large.trials[0].params
 
 
-def test_the_next_batch_size_starts_from_the_previous_winner(tmp_path, cpu) -> None:
+@pytest.mark.parametrize("transfer", ["true", "winner"])
+def test_the_next_batch_size_starts_from_the_previous_winner(tmp_path, cpu, transfer) -> None:
     url = f"sqlite:///{tmp_path}/o.db"
-    outcomes = tune_job(parse_spec(SPEC.format(transfer="true")), url, cpu, NullTracker())
+    outcomes = tune_job(parse_spec(SPEC.format(transfer=transfer)), url, cpu, NullTracker())
     small_best, large_first = _first_trials(url, outcomes)
     assert large_first == small_best
     # a rerun of the finished job asks nothing new, warm start or not
@@ -41,11 +44,17 @@ def test_the_next_batch_size_starts_from_the_previous_winner(tmp_path, cpu) -> N
     ]
 
 
-def test_transfer_can_be_turned_off(tmp_path, cpu) -> None:
+@pytest.mark.parametrize("transfer", ["false", "model"])
+def test_the_winner_is_not_measured_first_when_transfer_leaves_it_out(tmp_path, cpu, transfer) -> None:
     url = f"sqlite:///{tmp_path}/o.db"
-    outcomes = tune_job(parse_spec(SPEC.format(transfer="false")), url, cpu, NullTracker())
+    outcomes = tune_job(parse_spec(SPEC.format(transfer=transfer)), url, cpu, NullTracker())
     large = optuna.load_study(study_name=outcomes[1].study_name, storage=url)
     assert not any(t.system_attrs.get("fixed_params") for t in large.trials)
+
+
+def test_transfer_takes_only_the_documented_modes() -> None:
+    with pytest.raises(SpecError, match="transfer"):
+        parse_spec(SPEC.format(transfer="winners"))
 
 
 def test_the_cotune_sampler_models_the_neighbours_trials(tmp_path, cpu) -> None:
@@ -62,9 +71,11 @@ def test_the_cotune_sampler_models_the_neighbours_trials(tmp_path, cpu) -> None:
     assert sorted(v for _, v in pairs) == sorted(t.value for t in measured)
     assert neighbour_trials(url, large, cpu, kernel.batch_dim, "max_throughput", maximize=True) == []
 
-    off = parse_spec(SPEC.format(transfer="false").replace("name: random", "name: cotune"))
+    def cotune(transfer: str):
+        return parse_spec(SPEC.format(transfer=transfer).replace("name: random", "name: cotune"))
+
     with CandidateRunner() as runner:
-        for each, expected in ((spec, 1), (off, 0)):
+        for each, expected in ((spec, 1), (cotune("model"), 1), (cotune("winner"), 0), (cotune("false"), 0)):
             name = study_name(each.name, large, cpu)
             session = StudySession(each, kernel, job_space(each, kernel), large, cpu, url, runner, NullTracker(), name)
             assert session.study.sampler.related_features == expected

@@ -80,7 +80,7 @@ def tune_job(
             budget = session.feasible_budget()
             if budget is None or session.objective.measured < budget:  # a finished study asks nothing more
                 warm = list((priors or {}).get(problem.key, []))
-                if spec.sampler.transfer:
+                if spec.sampler.transfer_winner:
                     warm += neighbour_winners(storage, space, problem, device, kernel.batch_dim, spec.objective.value)
                 session.enqueue(warm)
             outcomes.append(_tune_problem(session, on_progress))
@@ -130,7 +130,7 @@ class StudySession:
         # the cotune sampler models one objective; Optuna's TPE handles a Pareto front
         sampler_name = "tpe" if spec.objective.multi and spec.sampler.name == "cotune" else spec.sampler.name
         related = []
-        if spec.sampler.transfer and sampler_name == "cotune" and feasible is not None:
+        if spec.sampler.transfer_model and sampler_name == "cotune" and feasible is not None:
             maximize = directions(spec.objective) == ["maximize"]
             related = neighbour_trials(
                 storage, problem, device, kernel.batch_dim, spec.objective.value, maximize=maximize

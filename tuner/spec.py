@@ -37,11 +37,20 @@ class Budget(_Strict):
 class SamplerSpec(_Strict):
     name: Literal["cotune", "tpe", "tpe-mv", "random", "gp", "cmaes"] = "cotune"
     seed: int | None = None
-    transfer: bool = Field(
+    transfer: Literal[True, False, "winner", "model"] = Field(
         default=True,
-        description="measure first the winner of this kernel on the nearest other shape (same storage), and let"
-        " the cotune sampler model this shape's times from the nearest shapes' trials",
+        description="warm starts from other shapes of this kernel in the same storage. winner: measure first"
+        " the nearest shape's winner; model: the cotune sampler models this shape's times from the nearest"
+        " shapes' trials; true: both; false: neither",
     )
+
+    @property
+    def transfer_winner(self) -> bool:
+        return self.transfer is True or self.transfer == "winner"
+
+    @property
+    def transfer_model(self) -> bool:
+        return self.transfer is True or self.transfer == "model"
 
 
 class BenchSpec(_Strict):
