@@ -19,7 +19,8 @@ inputs); ``log`` (log2 instead of rank encoding for numeric params); ``rank+log`
 every config between the incumbent and each of the next 1, 2 or 4 best, param by param); ``lcb0.5``,
 ``lcb1``, ``lcb2`` (the lowest confidence bound, mean minus 0.5, 1 or 2 standard deviations, instead of
 expected improvement, for every pick); ``lcb-local1``, ``lcb-global1`` (the bound for the local or the
-global picks only, expected improvement for the others); ``thompson`` (one draw per config from the GP's
+global picks only, expected improvement for the others); ``ei/lcb1`` (the bound and expected improvement
+take turns); ``thompson`` (one draw per config from the GP's
 marginal posterior, the lowest wins).
 """
 
@@ -134,7 +135,7 @@ class Crossover(Variant):
 class Acquisition(Variant):
     """The default pool and model with another score than expected improvement."""
 
-    score = "lcb"  # lcb, lcb-local, lcb-global or thompson
+    score = "lcb"  # lcb, lcb-local, lcb-global, ei/lcb or thompson
     beta = 1.0
 
     def _best_expected_improvement(self, observed, free):
@@ -145,7 +146,7 @@ class Acquisition(Variant):
         mu, sigma = gp.predict(self._X[pool], return_std=True)
         if self.score == "thompson":
             value = -(mu + sigma * self._rng.standard_normal(mu.size))
-        elif self.score == "lcb" or (self.score == "lcb-local") == local:
+        elif {"lcb": True, "lcb-local": local, "lcb-global": not local, "ei/lcb": len(observed) % 2 == 1}[self.score]:
             value = -(mu - self.beta * sigma)
         else:
             best = ys[[v is not None for _, v in observed]].min()
@@ -190,7 +191,9 @@ def make(variant: str, candidates, distributions, seed) -> Variant:
     classes |= dict.fromkeys(("crossover1", "crossover2", "crossover4"), Crossover)
     classes |= dict.fromkeys(("rf", "extra-trees", "gp/rf"), Model)
     classes |= dict.fromkeys(("pairs", "log", "rank+log"), Variant)
-    classes |= dict.fromkeys(("lcb0.5", "lcb1", "lcb2", "lcb-local1", "lcb-global1", "thompson"), Acquisition)
+    classes |= dict.fromkeys(
+        ("lcb0.5", "lcb1", "lcb2", "lcb-local1", "lcb-global1", "ei/lcb1", "thompson"), Acquisition
+    )
     if name not in classes:
         raise SystemExit(f"unknown variant {name!r}; known: {', '.join(classes)}")
     sampler = classes[name](candidates, distributions, seed=seed, **options)
