@@ -35,14 +35,13 @@ import argparse
 import datetime as dt
 import itertools
 import json
-import platform
 import statistics
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from optuna.distributions import CategoricalDistribution
-from search_efficiency import _parse_strategy  # bench/ is on sys.path when run as a script
+from search_efficiency import _parse_strategy, machine  # bench/ is on sys.path when run as a script
 
 import tuner.candidate_sampler as cs
 from tuner.replay import load_recording
@@ -260,7 +259,7 @@ def main() -> None:
         cells = " | ".join(f"{v['median']:.3f} ({v['at_optimum']})" for v in line["files"].values())
         print(f"| {variant} | {cells} | {line['at_optimum']}/{len(args.files) * args.seeds} |", flush=True)
     result = {
-        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "machine": machine(),
         "date": started.date().isoformat(),
         "seconds": round((dt.datetime.now(dt.UTC) - started).total_seconds()),
         "budget": args.budget,

@@ -198,10 +198,7 @@ def main() -> None:
                     + (["--files", *args.files] if args.files else [])
                 ),
                 "date": dt.date.today().isoformat(),
-                "machine": {
-                    "python": platform.python_version(),
-                    "processor": platform.processor() or platform.machine(),
-                },
+                "machine": machine(),
                 "summary": summary,
                 "runs": rows,
             },
@@ -209,6 +206,20 @@ def main() -> None:
         )
         + "\n"
     )
+
+
+def machine() -> dict:
+    """Where a result was measured. The package versions are part of it: the GP's fit is floating point,
+    and another numpy, scipy or scikit-learn build can turn a near-tie between two configs the other way,
+    so a seed's run is reproducible on one machine and package set, not across them."""
+    from importlib.metadata import version
+
+    return {
+        "python": platform.python_version(),
+        "processor": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "packages": {p: version(p) for p in ("numpy", "scipy", "scikit-learn", "optuna")},
+    }
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ import argparse
 import datetime as dt
 import itertools
 import json
-import platform
 import statistics
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -36,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from optuna.distributions import CategoricalDistribution
 from sampler_variants import HARD_FILES  # bench/ is on sys.path when run as a script
+from search_efficiency import machine
 
 import tuner.candidate_sampler as cs
 from tuner.replay import load_recording
@@ -138,7 +138,7 @@ def main() -> None:
                 cells.append(f"{rank:.0f} / {best:.3f}")
             print(f"| {f} | " + " | ".join(cells) + " |", flush=True)
     result = {
-        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "machine": machine(),
         "date": started.date().isoformat(),
         "seconds": round((dt.datetime.now(dt.UTC) - started).total_seconds()),
         "summary": summary,
