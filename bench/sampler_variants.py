@@ -20,8 +20,7 @@ every config between the incumbent and each of the next 1, 2 or 4 best, param by
 ``lcb1``, ``lcb2`` (the lowest confidence bound, mean minus 0.5, 1 or 2 standard deviations, instead of
 expected improvement, for every pick); ``lcb-local1``, ``lcb-global1`` (the bound for the local or the
 global picks only, expected improvement for the others); ``ei/lcb1`` (the bound and expected improvement
-take turns); ``thompson`` (one draw per config from the GP's
-marginal posterior, the lowest wins).
+take turns); ``thompson`` (one draw per config from the GP's marginal posterior, the lowest wins).
 """
 
 from __future__ import annotations
