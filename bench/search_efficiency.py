@@ -5,11 +5,18 @@
 
 Reports per file and strategy: median evaluations to within 2 % of the optimum, the mean and median of
 best/optimum after 25, 50, 100 and 200 evaluations, and the median best/optimum curve. Strategies are
-cotune's sampler names, ``<name>+transfer`` to evaluate first the top 5 configs of the same kernel's
-caches from the other GPUs (as ``enqueue_trial`` priors), ``<name>+related`` to give the sampler those
-caches' times as a model feature (what ``sampler.transfer`` does in a study), ``<name>+related=N`` to give
-it only the configs a ``cotune`` search of N evaluations measured on each sibling, ``<name>+patience=N`` to stop after N
-evaluations without a 1 % gain, ``cotune[n_startup=5]`` for sampler settings,
+cotune's sampler names, or one of them with:
+
+- ``+transfer``: evaluate first the top 5 configs of the same kernel's caches from the other GPUs (as
+  ``enqueue_trial`` priors);
+- ``+related``: give the sampler those caches' times as a model feature;
+- ``+related=N``: give it only the configs a ``cotune`` search of N evaluations measured on each sibling
+  (what ``sampler.transfer: model`` does in a study);
+- ``+winner=N``: evaluate first the best config such a search found on the first sibling
+  (``transfer: winner``); ``+study=N``: both (``transfer: true``, the default);
+- ``+patience=N``: stop after N evaluations without a 1 % gain;
+- ``[n_startup=5]`` and the like: sampler settings;
+
 or ``kt:<strategy>`` for Kernel Tuner's own (bench/kernel_tuner_peer.py).
 """
 
@@ -53,12 +60,17 @@ def one(args: tuple[str, str, int, int]) -> dict:
             name, _, n = name.partition("+patience=")
             patience = int(n)
         priors = related = None
+        for flag in ("+winner=", "+study="):  # what transfer: winner / transfer: true do in a study
+            if flag in name:
+                name, _, n = name.partition(flag)
+                searched = _searched_siblings(Path(path), data.keys, int(n), seed)
+                priors = searched[0].top(1) if searched else []
+                related = searched if flag == "+study=" else None
         if "+related" in name:
             name, _, measured = name.partition("+related")
             related = _siblings(Path(path), data.keys)
             if measured:  # "+related=N": only what a cotune study of N evaluations measured on each sibling
-                n = int(measured.removeprefix("="))
-                related = [sib.subset(replay(sib, sampler="cotune", budget=n, seed=seed).evaluated) for sib in related]
+                related = _searched_siblings(Path(path), data.keys, int(measured.removeprefix("=")), seed)
         if name.endswith("+transfer"):
             name = name.removesuffix("+transfer")
             priors = [c for sib in _siblings(Path(path), data.keys) for c in sib.top(TRANSFER_TOP)]
@@ -102,6 +114,12 @@ def _siblings(path: Path, keys: tuple[str, ...]) -> list:
         if data.keys == keys:
             out.append(data)
     return out
+
+
+def _searched_siblings(path: Path, keys: tuple[str, ...], n: int, seed: int) -> list:
+    """What a ``cotune`` study of n evaluations (this seed) measured on each sibling: a related study in real
+    use is another search, not a brute force."""
+    return [sib.subset(replay(sib, sampler="cotune", budget=n, seed=seed).evaluated) for sib in _siblings(path, keys)]
 
 
 def _parse_strategy(strategy: str) -> tuple[str, dict]:
