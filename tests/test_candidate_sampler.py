@@ -130,6 +130,15 @@ def test_a_related_studys_feature_does_not_depend_on_the_studies_before_it():
     assert after._X[:, -1] == pytest.approx(alone._X[:, -1])
 
 
+def test_a_maximised_objective_is_modelled_on_the_same_log_scale_as_time():
+    """Throughput (maximised, so negated for the model) spans orders of magnitude as time does: the model's
+    targets for 1/time are those for time, failures included, as the related-study feature's already were."""
+    sampler = CandidateSampler(FEASIBLE, DISTS, seed=0)
+    times = [(i, landscape(FEASIBLE[i])) for i in range(12)] + [(12, None)]
+    negated_throughput = [(i, None if t is None else -1 / t) for i, t in times]
+    assert sampler._targets(negated_throughput) == pytest.approx(sampler._targets(times))
+
+
 def test_local_phase_walks_the_incumbents_neighbourhood_then_goes_global_again():
     """With local=1, every proposal after local_after differs from the best config so far in one param at
     most, until that neighbourhood is all measured; then the pick is global again instead of stalling."""

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -87,12 +87,7 @@ def _related_feature(
     ok = np.array([v for v in known.values() if v is not None], dtype=float)
     if ok.size < 2:
         return None
-    if np.all(ok > 0):
-        transform = np.log
-    elif np.all(ok < 0):  # a maximised objective, negated: -log of the magnitude keeps lower = better
-        transform = lambda a: -np.log(-a)  # noqa: E731
-    else:
-        transform = lambda a: a  # noqa: E731
+    transform = _log_scale(ok)
     worst = float(transform(ok).max())
     column = np.full(len(points), np.nan)
     for i, v in known.items():
@@ -108,6 +103,17 @@ def _related_feature(
     if high - low <= 0:
         return None
     return list((column - low) / (high - low))
+
+
+def _log_scale(values: np.ndarray) -> Callable[[Any], Any]:
+    """The transform onto a log scale for these lower-is-better values, keeping their order: log of times;
+    -log of the magnitude of a negated maximised objective (throughput spans orders of magnitude as time
+    does); values of mixed sign as they are."""
+    if bool(np.all(values > 0)):
+        return np.log
+    if bool(np.all(values < 0)):
+        return lambda a: -np.log(-np.asarray(a, dtype=float))
+    return lambda a: a
 
 
 def _fit_gp(
@@ -238,10 +244,10 @@ class CandidateSampler(BaseSampler):
         return int(pool[int(np.argmax(_expected_improvement(mu, sigma, best, self._xi)))])
 
     def _targets(self, observed: list[tuple[int, float | None]]) -> np.ndarray:
-        """The model's targets: log values (plain ones if any is not positive), a failure as the worst
-        value seen, standardised."""
+        """The model's targets: values on a log scale (``_log_scale``), a failure as the worst value seen,
+        standardised."""
         ok = np.array([v for _, v in observed if v is not None], dtype=float)
-        transform = np.log if bool(np.all(ok > 0)) else (lambda a: a)
+        transform = _log_scale(ok)
         worst = float(transform(ok).max())
         y = np.array([transform(v) if v is not None else worst for _, v in observed], dtype=float)
         return (y - y.mean()) / (y.std() or 1.0)
