@@ -39,7 +39,6 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from optuna.distributions import CategoricalDistribution
 from search_efficiency import _parse_strategy, machine  # bench/ is on sys.path when run as a script
 
 import tuner.candidate_sampler as cs
@@ -212,9 +211,7 @@ def make(variant: str, candidates, distributions, seed) -> Variant:
 def one(args: tuple[str, str, int, int]) -> dict:
     path, variant, seed, budget = args
     data = load_recording(Path(path))
-    candidates = [dict(zip(data.keys, p, strict=True)) for p in data.records]
-    dists = {k: CategoricalDistribution(list(data.values[k])) for k in data.keys}
-    sampler = make(variant, candidates, dists, seed)
+    sampler = make(variant, data.candidates(), data.distributions(), seed)
     times = [data.records[p].time_ms for p in sampler._points]
     taken = np.zeros(len(times), dtype=bool)
     observed: list[tuple[int, float | None]] = []

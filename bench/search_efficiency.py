@@ -68,9 +68,10 @@ def one(args: tuple[str, str, int, int]) -> dict:
                 related = searched if flag == "+study=" else None
         if "+related" in name:
             name, _, measured = name.partition("+related")
-            related = _siblings(Path(path), data.keys)
             if measured:  # "+related=N": only what a cotune study of N evaluations measured on each sibling
                 related = _searched_siblings(Path(path), data.keys, int(measured.removeprefix("=")), seed)
+            else:
+                related = _siblings(Path(path), data.keys)
         if name.endswith("+transfer"):
             name = name.removesuffix("+transfer")
             priors = [c for sib in _siblings(Path(path), data.keys) for c in sib.top(TRANSFER_TOP)]

@@ -33,7 +33,6 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from optuna.distributions import CategoricalDistribution
 from sampler_variants import HARD_FILES  # bench/ is on sys.path when run as a script
 from search_efficiency import machine
 
@@ -78,8 +77,7 @@ def _fit(model: str, X: np.ndarray, y: np.ndarray):
 def one(args: tuple[str, int, int]) -> list[dict]:
     path, n, draw = args
     data = load_recording(Path(path))
-    candidates = [dict(zip(data.keys, p, strict=True)) for p in data.records]
-    sampler = cs.CandidateSampler(candidates, {k: CategoricalDistribution(list(data.values[k])) for k in data.keys})
+    sampler = cs.CandidateSampler(data.candidates(), data.distributions())
     times = np.array([np.nan if (t := data.records[p].time_ms) is None else t for p in sampler._points])
     ok = np.flatnonzero(~np.isnan(times))
     optimum = ok[np.argmin(times[ok])]

@@ -13,10 +13,14 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tuner.errors import SpecError
 from tuner.samplers import make_sampler
 from tuner.stopping import StallDetector
+
+if TYPE_CHECKING:
+    from optuna.distributions import CategoricalDistribution
 
 FAILURE_MARKERS = ("CompilationFailedConfig", "RuntimeFailedConfig")
 MAX_IDLE_PROPOSALS = 1000
@@ -44,6 +48,16 @@ class ReplayData:
     def subset(self, points: list[tuple]) -> ReplayData:
         """What a study that evaluated only these configs would hold."""
         return ReplayData(self.name, self.keys, self.values, {p: self.records[p] for p in points})
+
+    def distributions(self) -> dict[str, CategoricalDistribution]:
+        """The search space as Optuna sees it: every param categorical over its recorded values."""
+        from optuna.distributions import CategoricalDistribution
+
+        return {k: CategoricalDistribution(list(self.values[k])) for k in self.keys}
+
+    def candidates(self) -> list[dict]:
+        """Every recorded config as a param dict: the feasible set a candidate sampler enumerates."""
+        return [dict(zip(self.keys, point, strict=True)) for point in self.records]
 
     def trials(self) -> list[tuple[dict, float | None]]:
         """Every recorded config as (params, time in ms), None for a failure."""
@@ -251,18 +265,16 @@ def replay(
     feature (``sampler.transfer`` in a real study); they cost no evaluations.
     ``patience``: stop after that many evaluations without a 1 % gain, as ``budget.patience`` does."""
     import optuna
-    from optuna.distributions import CategoricalDistribution
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    dists = {k: CategoricalDistribution(list(data.values[k])) for k in data.keys}
-    candidates = [dict(zip(data.keys, point, strict=True)) for point in data.records]
+    dists = data.distributions()
     study = optuna.create_study(
         direction="minimize",
         sampler=make_sampler(
             sampler,
             seed,
-            candidates=candidates,
+            candidates=data.candidates(),
             distributions=dists,
             options=sampler_options,
             related=[other.trials() for other in related or []],
