@@ -2,11 +2,15 @@
 Llama-3-70B shapes, attention and fused MoE vs their torch references, and the winner re-measured in a
 fresh process. Needs an NVIDIA GPU; writes one JSON with the device, the date and this command.
 
-    python bench/gpu_kernels.py [--trials 60] [--quick] [--out bench/results/gpu_kernels_<gpu>.json]
+    python bench/gpu_kernels.py [--trials 60] [--quick] [--batches 16 4096] [--precisions bf16]
+                                [--compare-seeds] [--out bench/results/gpu_kernels_<gpu>.json]
 
 Every tuned number comes from a real ``tune_job`` (cotune sampler, SQLite storage, no MLflow); cuBLAS is
 ``torch.matmul`` (bf16) or ``torch._scaled_mm`` (fp8, per-tensor scales) timed by the same stopwatch
 (CUDA events, L2 flushed before each call). % of peak uses the dense datasheet peak of tuner/gpu_specs.py.
+The tutorial baseline is the best of the space file's seeds (Triton's tutorial autotune list), each run as
+Triton's autotune would run it, whether or not the search space admits it for the shape. With
+``--compare-seeds`` each matmul is also tuned with the seeds left out of the space, the same budget.
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from kernels.gpu_timing import time_gpu  # noqa: E402
-from kernels.triton_matmul import TUTORIAL_CONFIGS  # noqa: E402
 from tuner.device import detect, slugify  # noqa: E402
 from tuner.driver import tune_job  # noqa: E402
 from tuner.errors import CotuneError  # noqa: E402
@@ -39,17 +44,39 @@ BATCHES = (16, 128, 1024, 4096)
 BENCH = BenchSettings(warmup=3, repeats=20, timeout_s=120, target_s=0.2, max_repeats=2000)
 
 
-def spec_yaml(kernel: str, shape: dict[str, int], precision: str, trials: int) -> str:
+COMPILE_WORKERS = 8  # the lent H100/H200 machines have 16 cores
+
+
+def spec_yaml(kernel: str, shape: dict[str, int], precision: str, trials: int, space: Path | None = None) -> str:
     dims = ", ".join(f"{k}: {v}" for k, v in shape.items())
     return (
-        f"name: bench-{kernel}\nkernel: {kernel}\nproblems: [{{{dims}}}]\nprecisions: [{precision}]\n"
-        f"budget: {{trials: {trials}}}\nsampler: {{name: cotune, seed: 0}}\ntop_k: 3\n"
-        "bench: {warmup: 3, repeats: 20, remeasure_repeats: 50, target_ms: 200, timeout_s: 120}\n"
+        f"name: bench-{kernel}{'-noseeds' if space else ''}\nkernel: {kernel}\nproblems: [{{{dims}}}]\n"
+        f"precisions: [{precision}]\nbudget: {{trials: {trials}}}\nsampler: {{name: cotune, seed: 0}}\ntop_k: 3\n"
+        "bench: {warmup: 3, repeats: 20, remeasure_repeats: 50, target_ms: 200, timeout_s: 120, "
+        f"compile_workers: {COMPILE_WORKERS}}}\n" + (f"search_space: {space}\n" if space else "")
     )
 
 
-def tune(kernel: str, shape: dict[str, int], precision: str, trials: int, device: DeviceProfile, db: str) -> dict:
-    [outcome] = tune_job(parse_spec(spec_yaml(kernel, shape, precision, trials)), db, device, NullTracker())
+def space_without_seeds(kernel: str, directory: Path) -> Path:
+    """The kernel's space file with its seeds left out: the search alone, for --compare-seeds."""
+    data = yaml.safe_load((REPO / "search_spaces" / f"{kernel}.yaml").read_text())
+    data.pop("seeds", None)
+    path = directory / f"{kernel}-noseeds.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def tune(
+    kernel: str,
+    shape: dict[str, int],
+    precision: str,
+    trials: int,
+    device: DeviceProfile,
+    db: str,
+    space: Path | None = None,
+) -> dict:
+    spec = parse_spec(spec_yaml(kernel, shape, precision, trials, space))
+    [outcome] = tune_job(spec, db, device, NullTracker())
     if outcome.best is None:
         return {"error": f"no config measured ({outcome.failed} failed, {outcome.pruned} pruned)"}
     b = outcome.best
@@ -74,17 +101,20 @@ def fresh_process(problem: Problem, config: dict, device: DeviceProfile) -> dict
 
 
 def tutorial_best(problem: Problem, device: DeviceProfile) -> dict:
-    space = get_kernel("triton_matmul").space()
+    """Triton's autotune over the tutorial list: every config timed, including those the search space leaves
+    out for this shape (a BLOCK_M above a decode batch runs, masked); one that fails to compile or run is
+    skipped, as autotune skips it."""
     best: tuple[float, dict] | None = None
+    failed = 0
     with CandidateRunner() as runner:
-        for cfg in TUTORIAL_CONFIGS:
-            config = Config.make(cfg)
-            if space.violation(config, problem, device):
-                continue
+        for config in dict.fromkeys(c for _, c in get_kernel("triton_matmul").space().seeds):
             out = runner.run(Request(problem, config, device, BENCH))
             if isinstance(out, Measurement) and (best is None or out.median_s < best[0]):
-                best = (out.median_s, cfg)
-    return {"time_s": best[0], "config": best[1]} if best else {"error": "no tutorial config ran"}
+                best = (out.median_s, config.values)
+            failed += not isinstance(out, Measurement)
+    if best is None:
+        return {"error": f"no tutorial config ran ({failed} failed)"}
+    return {"time_s": best[0], "config": best[1], "failed": failed}
 
 
 def cublas(m: int, n: int, k: int, precision: str, device: DeviceProfile) -> float:
@@ -109,25 +139,39 @@ def cublas(m: int, n: int, k: int, precision: str, device: DeviceProfile) -> flo
     return times[len(times) // 2]
 
 
-def matmul_rows(device: DeviceProfile, trials: int, db: str, batches: tuple[int, ...]) -> list[dict]:
+def matmul_rows(
+    device: DeviceProfile,
+    trials: int,
+    db: str,
+    batches: tuple[int, ...],
+    precisions: tuple[str, ...],
+    no_seeds: Path | None,
+    nks: tuple[tuple[int, int], ...] = LLAMA70B_NK,
+) -> list[dict]:
     rows = []
-    for precision in ("bf16", "fp8"):
+    for precision in precisions:
         if precision == "fp8" and not device.supports_fp8:
             continue
         peak = device.peak_flops.get(precision, 0.0)
-        for n, k in LLAMA70B_NK:
+        for n, k in nks:
             for m in batches:
                 shape = {"M": m, "N": n, "K": k}
                 problem = Problem.make("triton_matmul", shape, precision)
                 flops = 2.0 * m * n * k
                 row: dict = {"precision": precision, **shape}
                 row["tuned"] = tune("triton_matmul", shape, precision, trials, device, db)
+                if no_seeds is not None:
+                    # its own storage, so neither arm warm-starts from the other's studies
+                    db_no_seeds = db.removesuffix(".db") + "-noseeds.db"
+                    row["tuned_without_seeds"] = tune(
+                        "triton_matmul", shape, precision, trials, device, db_no_seeds, no_seeds
+                    )
                 row["tutorial"] = tutorial_best(problem, device)
                 row["cublas"] = {"time_s": cublas(m, n, k, precision, device)}
                 if "config" in row["tuned"]:
                     row["tuned"]["fresh_process"] = fresh_process(problem, row["tuned"]["config"], device)
-                for key in ("tuned", "tutorial", "cublas"):
-                    t = row[key].get("time_s")
+                for key in ("tuned", "tuned_without_seeds", "tutorial", "cublas"):
+                    t = row.get(key, {}).get("time_s")
                     if t:
                         row[key]["tflops"] = flops / t / 1e12
                         row[key]["pct_peak"] = 100 * flops / t / peak if peak else None
@@ -201,6 +245,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=60, help="tuning budget per problem")
     parser.add_argument("--quick", action="store_true", help="M in 16 and 4096 only, no attention/MoE")
+    parser.add_argument(
+        "--references",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="tune attention and fused MoE too (default: unless --quick)",
+    )
+    parser.add_argument("--batches", type=int, nargs="+", help="matmul M values (default 16 128 1024 4096)")
+    parser.add_argument("--precisions", nargs="+", default=["bf16", "fp8"], choices=["bf16", "fp8"])
+    parser.add_argument("--nk", nargs="+", help="matmul NxK shapes, e.g. 8192x8192 (default: the three Llama ones)")
+    parser.add_argument("--compare-seeds", action="store_true", help="also tune each matmul without the seeds")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     try:
@@ -210,15 +264,18 @@ def main() -> None:
     out = args.out or REPO / "bench" / "results" / f"gpu_kernels_{slugify(device.name)}.json"
     with tempfile.TemporaryDirectory() as tmp:
         db = f"sqlite:///{tmp}/bench.db"
-        batches = (16, 4096) if args.quick else BATCHES
+        batches = tuple(args.batches) if args.batches else (16, 4096) if args.quick else BATCHES
+        references = not args.quick if args.references is None else args.references
+        nks = tuple(tuple(map(int, s.split("x"))) for s in args.nk) if args.nk else LLAMA70B_NK
+        no_seeds = space_without_seeds("triton_matmul", Path(tmp)) if args.compare_seeds else None
         result = {
             "device": device.to_json(),
             "date": dt.date.today().isoformat(),
             "command": "python " + " ".join(sys.argv),
             "host": platform.node(),
             "toolchain": get_kernel("triton_matmul").toolchain(),
-            "matmul": matmul_rows(device, args.trials, db, batches),
-            "references": [] if args.quick else reference_rows(device, args.trials, db),
+            "matmul": matmul_rows(device, args.trials, db, batches, tuple(args.precisions), no_seeds, nks),
+            "references": reference_rows(device, args.trials, db) if references else [],
         }
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")

@@ -22,31 +22,6 @@ from tuner.types import Config, DeviceProfile, Measurement, Precision, Problem
 
 JIT_SOURCE = Path(__file__).with_name("triton_jit") / "matmul.py"
 
-# The configs of Triton's matmul tutorial (python/tutorials/03-matrix-multiplication.py, CUDA list):
-# the baseline a hand-written autotune list gives, for the GPU benchmark and as known-good priors.
-TUTORIAL_CONFIGS: tuple[dict[str, int], ...] = tuple(
-    {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8, "SPLIT_K": 1, "num_stages": s, "num_warps": w}
-    for m, n, k, s, w in (
-        (128, 256, 64, 3, 8),
-        (64, 256, 32, 4, 4),
-        (128, 128, 32, 4, 4),
-        (128, 64, 32, 4, 4),
-        (64, 128, 32, 4, 4),
-        (128, 32, 32, 4, 4),
-        (64, 32, 32, 5, 2),
-        (32, 64, 32, 5, 2),
-        # the tutorial's fp8 entries
-        (128, 256, 128, 3, 8),
-        (256, 128, 128, 3, 8),
-        (256, 64, 128, 4, 4),
-        (64, 256, 128, 4, 4),
-        (128, 128, 128, 4, 4),
-        (128, 64, 64, 4, 4),
-        (64, 128, 64, 4, 4),
-        (128, 32, 64, 4, 4),
-    )
-)
-
 
 def smem_estimate(config: Config, precision: Precision) -> int:
     """Shared memory of the software pipeline: one A and one B tile per stage.

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kernels.gpu import TOLERANCE, quantize_fp8
-from kernels.triton_matmul import TUTORIAL_CONFIGS, TritonMatmul, smem_estimate
+from kernels.triton_matmul import TritonMatmul, smem_estimate
 from tests.aot import compile_in_subprocess
 from tuner.device import recorded_profile
 from tuner.kernel import BenchSettings, CandidateError
@@ -16,6 +16,9 @@ from tuner.types import Config, FailureKind, Precision, Problem
 H100 = recorded_profile("NVIDIA H100 80GB HBM3")
 A100 = recorded_profile("NVIDIA A100-SXM4-80GB")
 SMALL = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2, "num_warps": 4, "num_stages": 2}
+
+# the tutorial's autotune list, the space file's seeds
+TUTORIAL = [c.values for _, c in TritonMatmul().space().seeds]
 
 
 def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -80,7 +83,7 @@ _TRITON_TYPE = {Precision.FP16: ("fp16", "fp16"), Precision.BF16: ("bf16", "bf16
 
 
 def test_compiles_for_sm80_and_sm90_within_the_shared_memory_estimate() -> None:
-    picks = [TUTORIAL_CONFIGS[i] for i in (0, 3, 6, 9)]
+    picks = [TUTORIAL[i] for i in (0, 3, 6, 9)]
     cases = [
         (cc, p, cfg)
         for cc, precisions in ((90, (Precision.BF16, Precision.FP8)), (80, (Precision.FP16,)))
@@ -99,20 +102,20 @@ def test_compiles_for_sm80_and_sm90_within_the_shared_memory_estimate() -> None:
 def test_constraints_prune_by_device_with_reasons() -> None:
     space = TritonMatmul().space()
     fp8 = Problem.make("triton_matmul", {"M": 128, "N": 8192, "K": 8192}, "fp8")
-    ok = Config.make({**TUTORIAL_CONFIGS[0]})
+    ok = Config.make({**TUTORIAL[0]})
     assert space.violation(ok, fp8, H100) is None
     reason = space.violation(ok, fp8, A100)
     assert reason and "fp8" in reason and "8.0" in reason
 
     bf16 = Problem.make("triton_matmul", {"M": 4096, "N": 8192, "K": 8192}, "bf16")
     # 4 stages x (128x64 + 64x256) x 2 B = 192 KiB: fits the H100's 227 KiB, not the A100's 163 KiB
-    big = Config.make({**TUTORIAL_CONFIGS[0], "num_stages": 4})
+    big = Config.make({**TUTORIAL[0], "num_stages": 4})
     assert space.violation(big, bf16, H100) is None
     reason = space.violation(big, bf16, A100)
     assert reason and "shared memory" in reason
 
     decode = Problem.make("triton_matmul", {"M": 16, "N": 8192, "K": 8192}, "bf16")
-    reason = space.violation(Config.make({**TUTORIAL_CONFIGS[0]}), decode, H100)
+    reason = space.violation(Config.make({**TUTORIAL[0]}), decode, H100)
     assert reason and "BLOCK_M 128" in reason
     assert 0 < len(space.feasible_points(decode, H100)) < len(space.feasible_points(bf16, H100))
 
@@ -135,5 +138,5 @@ def test_measures_on_a_gpu(precision: str) -> None:
     if precision == "fp8" and not device.supports_fp8:
         pytest.skip("fp8 needs compute capability 8.9+")
     problem = Problem.make("triton_matmul", {"M": 256, "N": 512, "K": 1024}, precision)
-    m = TritonMatmul().measure(problem, Config.make(TUTORIAL_CONFIGS[3]), device, BenchSettings(repeats=10))
+    m = TritonMatmul().measure(problem, Config.make(TUTORIAL[3]), device, BenchSettings(repeats=10))
     assert m.median_s > 0 and m.max_rel_error <= TOLERANCE[Precision(precision)]

@@ -82,6 +82,7 @@ def tune_job(
                 warm = list((priors or {}).get(problem.key, []))
                 if spec.sampler.transfer_winner:
                     warm += neighbour_winners(storage, space, problem, device, kernel.batch_dim, spec.objective.value)
+                warm += space.known_good(problem, device, budget)
                 session.enqueue(warm)
             outcomes.append(_tune_problem(session, on_progress))
     tracker.close()

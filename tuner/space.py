@@ -17,11 +17,15 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tuner.errors import SpecError
-from tuner.types import Config, DeviceProfile, ParamValue, Problem
+from tuner.types import Config, DeviceProfile, ParamValue, Precision, Problem
 from tuner.yaml_lines import describe, line_of, load_yaml_file
 
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
+
+# Known-good seeds take at most this share of a trial budget, so the search keeps most of it.
+SEED_SHARE = 0.25
+ANY = "any"  # the seeds key for configs of every precision
 
 # A named predicate returns None when the config is fine, else the reason it is infeasible.
 Predicate = Callable[[Config, Problem, DeviceProfile], str | None]
@@ -75,6 +79,8 @@ class _SpaceFile(_Strict):
     description: str = ""
     params: dict[str, Annotated[_ValuesSpec | _Pow2Spec, Field(union_mode="left_to_right")]] = Field(min_length=1)
     constraints: list[_ComparisonSpec | _PredicateSpec] = []
+    # "any": seeds for every precision; a precision's name: seeds tried before those for that precision
+    seeds: dict[str, list[dict[str, int | float | str | bool]]] = {}
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,9 @@ class SearchSpace:
     params: tuple[Param, ...]
     constraints: tuple[Constraint, ...] = ()
     source: str = ""
+    # known-good configs (a hand-written autotune list, say), measured first where a problem admits them;
+    # each with the precision it is for, or "any"
+    seeds: tuple[tuple[str, Config], ...] = ()
 
     @property
     def names(self) -> list[str]:
@@ -156,6 +165,13 @@ class SearchSpace:
 
     def feasible_points(self, problem: Problem, device: DeviceProfile) -> list[Config]:
         return [c for c in self.points() if self.violation(c, problem, device) is None]
+
+    def known_good(self, problem: Problem, device: DeviceProfile, budget: int | None) -> list[Config]:
+        """The seeds this problem and device admit, those for its precision before those for any, each in the
+        file's order, at most SEED_SHARE of a trial budget."""
+        ordered = [c for p, c in self.seeds if p == problem.dtype.value] + [c for p, c in self.seeds if p == ANY]
+        seeds = [c for c in dict.fromkeys(ordered) if self.violation(c, problem, device) is None]
+        return seeds if budget is None else seeds[: max(1, int(budget * SEED_SHARE))]
 
     def distributions(self) -> dict[str, BaseDistribution]:
         from optuna.distributions import CategoricalDistribution
@@ -198,7 +214,37 @@ def load_space(path: Path, *, predicates: Mapping[str, Predicate], shape_dims: S
                 raise SpecError(f"{where}: constraints.{i}: unknown operand {side!r}")
         label = c.name or f"{c.lhs} {c.op} {c.rhs}"
         constraints.append(Comparison(c.lhs, c.op, c.rhs, label))
-    return SearchSpace(spec.kernel, tuple(params), tuple(constraints), source)
+    seeds = []
+    for key, configs in spec.seeds.items():
+        if key != ANY and key not in {p.value for p in Precision}:
+            known = ", ".join([ANY, *(p.value for p in Precision)])
+            raise SpecError(f"{source}:{line_of(('seeds', key), lines)}: seeds.{key}: not a precision; known: {known}")
+        for i, seed in enumerate(configs):
+            where = f"{source}:{line_of(('seeds', key, i), lines)}: seeds.{key}.{i}"
+            seeds.append((key, _seed(seed, params, where)))
+    return SearchSpace(spec.kernel, tuple(params), tuple(constraints), source, tuple(seeds))
+
+
+def _seed(values: dict[str, ParamValue], params: Sequence[Param], where: str) -> Config:
+    """A seed names every param once, each with one of that param's values."""
+    names = [p.name for p in params]
+    missing = [n for n in names if n not in values]
+    unknown = [k for k in values if k not in names]
+    if missing or unknown:
+        parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
+            [f"unknown param {', '.join(unknown)}"] if unknown else []
+        )
+        raise SpecError(f"{where}: {'; '.join(parts)} (a seed gives a value for each of {', '.join(names)})")
+    out: dict[str, ParamValue] = {}
+    for p in params:
+        given = values[p.name]
+        # bool is an int to Python (True == 1): match it only to a bool, and store the space's own value
+        match = [v for v in p.values if v == given and isinstance(v, bool) == isinstance(given, bool)]
+        if not match:
+            allowed = ", ".join(map(str, p.values))
+            raise SpecError(f"{where}.{p.name}: {given!r} is not one of the space's values [{allowed}]")
+        out[p.name] = match[0]
+    return Config.make(out)
 
 
 def _valid_ref(ref: str, params: set[str], shape_dims: Sequence[str]) -> bool:

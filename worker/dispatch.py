@@ -8,14 +8,15 @@ from collections.abc import Iterable
 
 from celery import Celery
 
-from tuner.device import CPU_KIND, queue_name
+from tuner.device import CPU_KIND, queue_name, recorded_profile
 from tuner.errors import CotuneError, SpecError, StorageError
 from tuner.jobs import JobStore, new_job_id
 from tuner.registry import get_kernel
 from tuner.settings import ServiceSettings
+from tuner.space import SearchSpace
 from tuner.spec import JobSpec
 from tuner.tracker import StudyInfo
-from tuner.types import DeviceProfile
+from tuner.types import Config, DeviceProfile, Problem
 from worker.app import TASK_RUN_TICKET
 
 _PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0}
@@ -93,7 +94,8 @@ def submit(
     rows = [
         (service_study_name(job_id_hint, p.key, hardware), p.to_json(), budget, run_ids.get(p.key)) for p in problems
     ]
-    _create_studies(settings.storage, [r[0] for r in rows], spec)
+    seeds = _known_good(space, problems, hardware, budget)
+    _create_studies(settings.storage, [(r[0], seeds[i]) for i, r in enumerate(rows)], spec)
     wall = spec.budget.wall_time_s * len(problems) if spec.budget.wall_time_s else None
     job_id, trial_tickets = store.create_job(
         spec.name, hardware, spec.model_dump(mode="json"), mlflow_uri, rows, wall, job_id=job_id_hint
@@ -102,18 +104,31 @@ def submit(
     return job_id
 
 
-def _create_studies(storage_url: str, names: list[str], spec: JobSpec) -> None:
-    """Create the Optuna studies up front, so the reaper and ``status`` find them before any trial runs."""
+def _known_good(space: SearchSpace, problems: list[Problem], hardware: str, budget: int) -> list[list[Config]]:
+    """Each problem's seeds, screened against the hardware's recorded profile. A hardware without one gets
+    none: a seed the worker's device rejected would spend a ticket on a pruned trial."""
+    try:
+        device = recorded_profile(hardware)
+    except CotuneError:
+        return [[] for _ in problems]
+    return [space.known_good(p, device, budget) for p in problems]
+
+
+def _create_studies(storage_url: str, studies: list[tuple[str, list[Config]]], spec: JobSpec) -> None:
+    """Create the Optuna studies up front, so the reaper and ``status`` find them before any trial runs, with
+    their known-good seeds queued first."""
     import optuna
 
     from tuner.objective import directions
     from tuner.storage import open_storage
 
     storage = open_storage(storage_url)
-    for name in names:
-        optuna.create_study(
+    for name, seeds in studies:
+        study = optuna.create_study(
             storage=storage, study_name=name, directions=directions(spec.objective), load_if_exists=True
         )
+        for config in seeds:
+            study.enqueue_trial(config.values, skip_if_exists=True)
 
 
 def _open_parent_runs(spec, kernel, space, problems, hardware: str, uri: str, job_id: str) -> dict[str, str]:

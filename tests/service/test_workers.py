@@ -145,14 +145,22 @@ def test_submit_fails_fast_when_the_broker_is_down(service, tmp_path):
 
 def test_a_job_never_runs_on_other_hardware(service, tmp_path):
     service.start_worker("cpu-only")
-    gpu_job = "name: gpu-bound\nkernel: triton_matmul\nproblems: [{M: 16, N: 64, K: 64}]\nbudget: {trials: 2}\n"
+    gpu_job = "name: gpu-bound\nkernel: triton_matmul\nproblems: [{M: 64, N: 64, K: 64}]\nbudget: {trials: 4}\n"
     (tmp_path / "spec.yaml").write_text(gpu_job)
     done = service.cli("submit", str(tmp_path / "spec.yaml"), "--hardware", "nvidia-h100-80gb-hbm3")
     job = done.stdout.strip()
     time.sleep(4)  # several reaper rounds of the CPU worker
     record = json.loads(service.cli("status", job, "--json").stdout)
     assert record["hardware"] == "nvidia-h100-80gb-hbm3"
-    assert record["state"] == "queued" and record["trials"]["pending"] == 2
+    assert record["state"] == "queued" and record["trials"]["pending"] == 4
+    # the study holds the space's known-good seed that the recorded H100 profile admits for this shape, queued
+    # first: the tutorial's 64x32 tile (a quarter of 4 trials is one seed)
+    [study] = JobStore(service.env["COTUNE_STORAGE"]).studies(job)
+    loaded = optuna.load_study(study_name=study["name"], storage=open_storage(service.env["COTUNE_STORAGE"]))
+    [seed] = loaded.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    assert seed.system_attrs["fixed_params"] == {
+        "BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 8, "SPLIT_K": 1, "num_warps": 2, "num_stages": 5
+    }  # fmt: skip
     assert service.cli("cancel", job).returncode == 0
     # and the reverse is refused at submit: a CPU kernel is not sent to a GPU queue, nor a GPU kernel to the CPU
     (tmp_path / "cpu.yaml").write_text(noop_spec("cpu-bound", trials=2, sleep_ms=1))
