@@ -8,14 +8,17 @@ from collections.abc import Iterable
 
 from celery import Celery
 
-from tuner.device import CPU_KIND, queue_name, recorded_profile
+from tuner.device import CPU_KIND, cpu_profile, queue_name, recorded_profile
 from tuner.errors import CotuneError, SpecError, StorageError
 from tuner.jobs import JobStore, new_job_id
+from tuner.kernel import Kernel
 from tuner.registry import get_kernel
 from tuner.settings import ServiceSettings
 from tuner.space import SearchSpace
 from tuner.spec import JobSpec
+from tuner.storage import open_storage
 from tuner.tracker import StudyInfo
+from tuner.transfer import neighbour_winners
 from tuner.types import Config, DeviceProfile, Problem
 from worker.app import TASK_RUN_TICKET
 
@@ -94,8 +97,8 @@ def submit(
     rows = [
         (service_study_name(job_id_hint, p.key, hardware), p.to_json(), budget, run_ids.get(p.key)) for p in problems
     ]
-    seeds = _known_good(space, problems, hardware, budget)
-    _create_studies(settings.storage, [(r[0], seeds[i]) for i, r in enumerate(rows)], spec)
+    warm = _warm_starts(settings.storage, spec, kernel, space, problems, hardware, budget)
+    _create_studies(settings.storage, [(r[0], warm[i]) for i, r in enumerate(rows)], spec)
     wall = spec.budget.wall_time_s * len(problems) if spec.budget.wall_time_s else None
     job_id, trial_tickets = store.create_job(
         spec.name, hardware, spec.model_dump(mode="json"), mlflow_uri, rows, wall, job_id=job_id_hint
@@ -104,23 +107,44 @@ def submit(
     return job_id
 
 
-def _known_good(space: SearchSpace, problems: list[Problem], hardware: str, budget: int) -> list[list[Config]]:
-    """Each problem's seeds, screened against the hardware's recorded profile. A hardware without one gets
-    none: a seed the worker's device rejected would spend a ticket on a pruned trial."""
-    try:
-        device = recorded_profile(hardware)
-    except CotuneError:
-        return [[] for _ in problems]
-    return [space.known_good(p, device, budget) for p in problems]
+def _warm_starts(
+    storage_url: str,
+    spec: JobSpec,
+    kernel: Kernel,
+    space: SearchSpace,
+    problems: list[Problem],
+    hardware: str,
+    budget: int,
+) -> list[list[Config]]:
+    """What each problem measures first, as in ``cotune tune``: the winners of the nearest finished studies of
+    this kernel on this hardware (``sampler.transfer``), then the space's seeds. They are screened against the
+    hardware's recorded profile (this host's for the CPU queue); a GPU without one gets none. The worker
+    screens each again on its own device, and one it rejects becomes a PRUNED trial, not a measurement: a
+    ticket asks on until it has measured."""
+    if hardware == CPU_KIND:
+        device = cpu_profile()
+    else:
+        try:
+            device = recorded_profile(hardware)
+        except CotuneError:
+            return [[] for _ in problems]
+    storage = open_storage(storage_url)
+    out = []
+    for problem in problems:
+        warm = []
+        if spec.sampler.transfer_winner:
+            warm += neighbour_winners(storage, space, problem, device, kernel.batch_dim, spec.objective.value)
+        warm += space.known_good(problem, device, budget)
+        out.append(list(dict.fromkeys(warm)))
+    return out
 
 
 def _create_studies(storage_url: str, studies: list[tuple[str, list[Config]]], spec: JobSpec) -> None:
     """Create the Optuna studies up front, so the reaper and ``status`` find them before any trial runs, with
-    their known-good seeds queued first."""
+    their warm starts queued first."""
     import optuna
 
     from tuner.objective import directions
-    from tuner.storage import open_storage
 
     storage = open_storage(storage_url)
     for name, seeds in studies:

@@ -85,6 +85,15 @@ def test_two_workers_share_a_job(service, tmp_path):
     watched = service.cli("watch", job, "--interval", "0.2")
     assert watched.returncode == 0 and "succeeded" in watched.stdout and "10/10" in watched.stdout
 
+    # a later job on a neighbouring shape measures that winner first, as `cotune tune` does (sampler.transfer)
+    (study,) = record["studies"]
+    storage = open_storage(service.env["COTUNE_STORAGE"])
+    winner = optuna.load_study(study_name=study["name"], storage=storage).user_attrs["best"]["config"]
+    nearby = submit(service, tmp_path, noop_spec("share", trials=2, sleep_ms=300))
+    later = wait_job(service, nearby)
+    first = min(assert_exactly_once(service, later, nearby, 2), key=lambda t: t.number)
+    assert first.params == winner
+
 
 def test_kill_9_of_a_worker_mid_trial_loses_and_doubles_nothing(service, tmp_path):
     victim = service.start_worker("victim")
