@@ -24,7 +24,7 @@ from tuner.spec import JobSpec
 from tuner.stopping import StallDetector
 from tuner.storage import open_storage
 from tuner.tracker import BestLog, StudyInfo, Tracker, TrialLog
-from tuner.transfer import neighbour_trials, neighbour_winners
+from tuner.transfer import first_configs, neighbour_trials
 from tuner.types import Config, DeviceProfile, FailureKind, Measurement, Objective, Problem, TrialStatus
 
 # Stop asking when this many proposals in a row were infeasible or already measured.
@@ -80,9 +80,16 @@ def tune_job(
             budget = session.feasible_budget()
             if budget is None or session.objective.measured < budget:  # a finished study asks nothing more
                 warm = list((priors or {}).get(problem.key, []))
-                if spec.sampler.transfer_winner:
-                    warm += neighbour_winners(storage, space, problem, device, kernel.batch_dim, spec.objective.value)
-                warm += space.known_good(problem, device, budget)
+                warm += first_configs(
+                    storage,
+                    space,
+                    problem,
+                    device,
+                    budget,
+                    batch_dim=kernel.batch_dim,
+                    objective=spec.objective.value,
+                    winners=spec.sampler.transfer_winner,
+                )
                 session.enqueue(warm)
             outcomes.append(_tune_problem(session, on_progress))
     tracker.close()

@@ -32,6 +32,24 @@ def neighbour_winners(
     return out[:MAX_PRIORS]
 
 
+def first_configs(
+    storage: Any,
+    space: SearchSpace,
+    problem: Problem,
+    device: DeviceProfile,
+    budget: int | None,
+    *,
+    batch_dim: str,
+    objective: str,
+    winners: bool,
+) -> list[Config]:
+    """What a new study measures first: the nearest finished studies' winners (when ``winners``, the spec's
+    ``sampler.transfer``), then the space's known-good seeds, each once. Used by ``cotune tune`` and by the
+    service at submit."""
+    out = neighbour_winners(storage, space, problem, device, batch_dim, objective) if winners else []
+    return list(dict.fromkeys(out + space.known_good(problem, device, budget)))
+
+
 def neighbour_trials(
     storage: Any, problem: Problem, device: DeviceProfile, batch_dim: str, objective: str, *, maximize: bool
 ) -> list[list[tuple[dict, float | None]]]:

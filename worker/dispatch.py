@@ -18,7 +18,7 @@ from tuner.space import SearchSpace
 from tuner.spec import JobSpec
 from tuner.storage import open_storage
 from tuner.tracker import StudyInfo
-from tuner.transfer import neighbour_winners
+from tuner.transfer import first_configs
 from tuner.types import Config, DeviceProfile, Problem
 from worker.app import TASK_RUN_TICKET
 
@@ -129,14 +129,19 @@ def _warm_starts(
         except CotuneError:
             return [[] for _ in problems]
     storage = open_storage(storage_url)
-    out = []
-    for problem in problems:
-        warm = []
-        if spec.sampler.transfer_winner:
-            warm += neighbour_winners(storage, space, problem, device, kernel.batch_dim, spec.objective.value)
-        warm += space.known_good(problem, device, budget)
-        out.append(list(dict.fromkeys(warm)))
-    return out
+    return [
+        first_configs(
+            storage,
+            space,
+            problem,
+            device,
+            budget,
+            batch_dim=kernel.batch_dim,
+            objective=spec.objective.value,
+            winners=spec.sampler.transfer_winner,
+        )
+        for problem in problems
+    ]
 
 
 def _create_studies(storage_url: str, studies: list[tuple[str, list[Config]]], spec: JobSpec) -> None:
@@ -147,11 +152,11 @@ def _create_studies(storage_url: str, studies: list[tuple[str, list[Config]]], s
     from tuner.objective import directions
 
     storage = open_storage(storage_url)
-    for name, seeds in studies:
+    for name, first in studies:
         study = optuna.create_study(
             storage=storage, study_name=name, directions=directions(spec.objective), load_if_exists=True
         )
-        for config in seeds:
+        for config in first:
             study.enqueue_trial(config.values, skip_if_exists=True)
 
 
