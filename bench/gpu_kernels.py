@@ -21,6 +21,7 @@ import json
 import platform
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -146,9 +147,9 @@ def matmul_rows(
     batches: tuple[int, ...],
     precisions: tuple[str, ...],
     no_seeds: Path | None,
-    nks: tuple[tuple[int, int], ...] = LLAMA70B_NK,
-) -> list[dict]:
-    rows = []
+    nks: tuple[tuple[int, int], ...],
+    add: Callable[[dict], None],
+) -> None:
     for precision in precisions:
         if precision == "fp8" and not device.supports_fp8:
             continue
@@ -180,22 +181,19 @@ def matmul_rows(
                 fresh = row["tuned"].get("fresh_process", {}).get("time_s")
                 if fresh:
                     row["fresh_vs_tuned"] = fresh / row["tuned"]["time_s"] - 1
-                print(json.dumps(row), flush=True)
-                rows.append(row)
-    return rows
+                add(row)
 
 
-def reference_rows(device: DeviceProfile, trials: int, db: str) -> list[dict]:
+def reference_rows(device: DeviceProfile, trials: int, db: str, add: Callable[[dict], None]) -> None:
     """Attention and fused MoE, tuned, against the torch reference of each (timed by the same stopwatch)."""
     import torch
 
-    rows = []
     attn = {"batch": 4, "heads": 64, "seq_q": 2048, "seq_k": 2048, "head_dim": 128, "causal": 1}
     q, k_, v = (torch.randn(4, 64, 2048, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     torch_t = sorted(
         time_gpu(lambda: torch.nn.functional.scaled_dot_product_attention(q, k_, v, is_causal=True), device, BENCH)
     )
-    rows.append(
+    add(
         {
             "kernel": "triton_attention",
             **attn,
@@ -206,7 +204,7 @@ def reference_rows(device: DeviceProfile, trials: int, db: str) -> list[dict]:
     )
     for m in (16, 256, 2048):
         moe = {"M": m, "E": 8, "N": 28672, "K": 8192, "topk": 2}  # Mixtral-8x7B-like w1 at 70B width
-        rows.append(
+        add(
             {
                 "kernel": "triton_moe",
                 **moe,
@@ -215,9 +213,6 @@ def reference_rows(device: DeviceProfile, trials: int, db: str) -> list[dict]:
                 "torch_reference": {"time_s": moe_torch_time(moe, device)},
             }
         )
-    for r in rows:
-        print(json.dumps(r), flush=True)
-    return rows
 
 
 def moe_torch_time(shape: dict[str, int], device: DeviceProfile) -> float:
@@ -268,15 +263,29 @@ def main() -> None:
         references = not args.quick if args.references is None else args.references
         nks = tuple(tuple(map(int, s.split("x"))) for s in args.nk) if args.nk else LLAMA70B_NK
         no_seeds = space_without_seeds("triton_matmul", Path(tmp)) if args.compare_seeds else None
-        result = {
+        result: dict = {
             "device": device.to_json(),
             "date": dt.date.today().isoformat(),
             "command": "python " + " ".join(sys.argv),
             "host": platform.node(),
             "toolchain": get_kernel("triton_matmul").toolchain(),
-            "matmul": matmul_rows(device, args.trials, db, batches, tuple(args.precisions), no_seeds, nks),
-            "references": reference_rows(device, args.trials, db) if references else [],
+            "matmul": [],
+            "references": [],
         }
+
+        def adder(key: str) -> Callable[[dict], None]:
+            """Each row is printed and the file rewritten as it comes: a run stopped midway keeps its rows."""
+
+            def add(row: dict) -> None:
+                print(json.dumps(row), flush=True)
+                result[key].append(row)
+                out.write_text(json.dumps(result, indent=2) + "\n")
+
+            return add
+
+        matmul_rows(device, args.trials, db, batches, tuple(args.precisions), no_seeds, nks, adder("matmul"))
+        if references:
+            reference_rows(device, args.trials, db, adder("references"))
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
 
