@@ -28,7 +28,7 @@ def test_pool_fills_the_nvrtc_cache_the_timing_process_reads(tmp_path, monkeypat
     with Precompiler(2) as pool:
         for c in configs:
             pool.submit(GEMM, c, H100)
-        assert [pool.result(c, timeout_s=120) for c in configs] == [None, None]
+        assert [pool.result(GEMM, c, timeout_s=120) for c in configs] == [None, None]
     for c in configs:
         assert compile_gemm(c, GEMM.dtype, arch_of((9, 0)), cache_dir=tmp_path / "cotune-build").cached
 
@@ -39,16 +39,35 @@ def test_a_config_that_does_not_compile_fails_in_the_pool_with_the_compiler_mess
     bad = Config.make({"BM": 16, "BN": 64, "BK": 8, "TM": 1, "TN": 1})
     with Precompiler(1) as pool:
         pool.submit(GEMM, bad, H100)
-        failure = pool.result(bad, timeout_s=120)
+        failure = pool.result(GEMM, bad, timeout_s=120)
     assert failure is not None and failure.kind is FailureKind.COMPILE
     assert "static assertion" in failure.message
-    assert Precompiler(1).result(_gemm(32), timeout_s=1) is None  # never submitted: measure() compiles it
+    with Precompiler(1) as pool:
+        assert pool.result(GEMM, _gemm(32), timeout_s=1) is None  # never submitted: measure() compiles it
+
+
+def test_one_pool_keeps_each_problems_compiles_apart(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    other = Problem.make("cuda_gemm", {"M": 512, "N": 256, "K": 256}, "fp32")
+    bad = Config.make({"BM": 16, "BN": 64, "BK": 8, "TM": 1, "TN": 1})
+    with Precompiler(1) as pool:
+        pool.submit(GEMM, bad, H100)
+        pool.submit(other, bad, H100)
+        first = pool.result(GEMM, bad, timeout_s=120)
+        assert first is not None and first.kind is FailureKind.COMPILE
+        # the same config for another problem is its own compile, not the first problem's result again
+        second = pool.result(other, bad, timeout_s=120)
+        assert second is not None and second.kind is FailureKind.COMPILE
+        assert pool.result(other, bad, timeout_s=1) is None  # taken once
+        pool.submit(GEMM, _gemm(32), H100)
+        pool.forget(GEMM)  # the problem ended before its asked-ahead config was timed
+        assert pool.result(GEMM, _gemm(32), timeout_s=1) is None
 
 
 SPEC = """
 name: ahead
 kernel: c_matmul
-problems: [{M: 64, N: 64, K: 64}]
+problems: [{M: [64, 32], N: 64, K: 64}]
 budget: {trials: 5}
 sampler: {name: random, seed: 3}
 bench: {warmup: 0, repeats: 2, remeasure_repeats: 2, compile_workers: 2}
@@ -62,13 +81,14 @@ def test_the_driver_asks_ahead_and_leaves_no_trial_running(tmp_path, monkeypatch
 
     monkeypatch.setattr(CMatmul, "precompiles", True)  # off by default on CPUs: compiles would share cores
     url = f"sqlite:///{tmp_path}/o.db"
-    [outcome] = tune_job(parse_spec(SPEC), url, cpu, NullTracker())
-    assert outcome.measured == 5 and outcome.best is not None
-    study = optuna.load_study(study_name=outcome.study_name, storage=url)
-    states = [t.state for t in study.trials]
-    assert TrialState.RUNNING not in states
-    ahead = [t for t in study.trials if "not_measured" in t.user_attrs]
-    assert ahead and all(t.state is TrialState.PRUNED for t in ahead)  # closed, not counted
+    outcomes = tune_job(parse_spec(SPEC), url, cpu, NullTracker())  # two problems, one pool
+    for outcome in outcomes:
+        assert outcome.measured == 5 and outcome.best is not None
+        study = optuna.load_study(study_name=outcome.study_name, storage=url)
+        states = [t.state for t in study.trials]
+        assert TrialState.RUNNING not in states
+        ahead = [t for t in study.trials if "not_measured" in t.user_attrs]
+        assert ahead and all(t.state is TrialState.PRUNED for t in ahead)  # closed, not counted
 
 
 def test_compile_workers_zero_turns_the_pool_off(tmp_path, monkeypatch, cpu) -> None:
@@ -77,9 +97,9 @@ def test_compile_workers_zero_turns_the_pool_off(tmp_path, monkeypatch, cpu) -> 
     monkeypatch.setattr(CMatmul, "precompiles", True)
     spec = parse_spec(SPEC.replace("compile_workers: 2", "compile_workers: 0"))
     url = f"sqlite:///{tmp_path}/o.db"
-    [outcome] = tune_job(spec, url, cpu, NullTracker())
-    study = optuna.load_study(study_name=outcome.study_name, storage=url)
-    assert outcome.measured == 5 and not any("not_measured" in t.user_attrs for t in study.trials)
+    for outcome in tune_job(spec, url, cpu, NullTracker()):
+        study = optuna.load_study(study_name=outcome.study_name, storage=url)
+        assert outcome.measured == 5 and not any("not_measured" in t.user_attrs for t in study.trials)
 
 
 @pytest.mark.gpu
@@ -99,4 +119,4 @@ def test_triton_warmup_in_the_pool_compiles_on_a_gpu(kernel, shape, config) -> N
     problem = Problem.make(kernel, shape, "bf16")
     with Precompiler(1) as pool:
         pool.submit(problem, Config.make(config), detect("cuda"))
-        assert pool.result(Config.make(config), timeout_s=300) is None
+        assert pool.result(problem, Config.make(config), timeout_s=300) is None

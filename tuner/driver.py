@@ -72,7 +72,9 @@ def tune_job(
     space = job_space(spec, kernel)
     tracker.start_job(spec.name)
     outcomes = []
-    with CandidateRunner() as runner:
+    # one compile pool for the whole job: starting its processes costs seconds per problem otherwise
+    workers = spec.bench.compile_workers if kernel.precompiles else 0
+    with CandidateRunner() as runner, Precompiler(workers) if workers else nullcontext() as precompiler:
         for problem in spec.expand():
             name = study_name(spec.name, problem, device)
             session = StudySession(spec, kernel, space, problem, device, storage, runner, tracker, name)
@@ -91,7 +93,7 @@ def tune_job(
                     winners=spec.sampler.transfer_winner,
                 )
                 session.enqueue(warm)
-            outcomes.append(_tune_problem(session, on_progress))
+            outcomes.append(_tune_problem(session, on_progress, precompiler))
     tracker.close()
     return outcomes
 
@@ -235,7 +237,11 @@ class StudySession:
         if result is None:
             if on_measure is not None:
                 on_measure(trial.number)
-            failure = self.precompiler.result(config, self.objective.bench.timeout_s) if self.precompiler else None
+            failure = (
+                self.precompiler.result(self.problem, config, self.objective.bench.timeout_s)
+                if self.precompiler
+                else None
+            )
             if failure is not None:
                 result = TrialResult(config, TrialStatus.FAIL, failure=failure)
             else:
@@ -350,15 +356,15 @@ def fail_lost_trial(study, number: int, reason: str) -> None:
     study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
 
 
-def _tune_problem(session: StudySession, on_progress) -> StudyOutcome:
-    workers = session.spec.bench.compile_workers if session.kernel.precompiles else 0
-    with Precompiler(workers) if workers else nullcontext() as precompiler:
-        session.precompiler = precompiler
-        try:
-            _search(session, on_progress)
-        finally:
-            session.drop_ahead()
-            session.precompiler = None
+def _tune_problem(session: StudySession, on_progress, precompiler: Precompiler | None) -> StudyOutcome:
+    session.precompiler = precompiler
+    try:
+        _search(session, on_progress)
+    finally:
+        session.drop_ahead()
+        session.precompiler = None
+        if precompiler is not None:
+            precompiler.forget(session.problem)
     best = session.finish()
     counts = session.counts()
     return StudyOutcome(

@@ -35,7 +35,8 @@ class Precompiler:
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-        self._futures: dict[str, Future] = {}
+        # keyed by problem and config: a pool serves every problem of a job, and a compile is per shape
+        self._futures: dict[tuple[str, str], Future] = {}
 
     def __enter__(self) -> Precompiler:
         return self
@@ -44,16 +45,17 @@ class Precompiler:
         self.close()
 
     def submit(self, problem: Problem, config: Config, device: DeviceProfile) -> None:
-        if config.key not in self._futures:
+        key = (problem.key, config.key)
+        if key not in self._futures:
             try:
-                self._futures[config.key] = self._pool.submit(_precompile, problem, config, device)
+                self._futures[key] = self._pool.submit(_precompile, problem, config, device)
             except BrokenProcessPool:
                 pass
 
-    def result(self, config: Config, timeout_s: float) -> Failure | None:
+    def result(self, problem: Problem, config: Config, timeout_s: float) -> Failure | None:
         """The compile failure of a submitted config, or None when it compiled, was never submitted, or its
         pool process died or ran out of time (the timing process then compiles it and judges it)."""
-        future = self._futures.pop(config.key, None)
+        future = self._futures.pop((problem.key, config.key), None)
         if future is None:
             return None
         try:
@@ -62,6 +64,11 @@ class Precompiler:
             future.cancel()
             return None
         return None if out is None else Failure(out[0], out[1])
+
+    def forget(self, problem: Problem) -> None:
+        """Drop a finished problem's compiles that nobody will time; one already running ends on its own."""
+        for key in [k for k in self._futures if k[0] == problem.key]:
+            self._futures.pop(key).cancel()
 
     def close(self) -> None:
         busy = [f for f in self._futures.values() if not f.cancel()]
