@@ -95,3 +95,16 @@ def test_seeds_for_an_unknown_precision_are_refused(write) -> None:
     path = write("s.yaml", f"{BASE}seeds:\n  fp9:\n    - {{TILE_M: 8}}\n")
     with pytest.raises(SpecError, match=r"s.yaml:\d+: seeds.fp9: not a precision; known: any, fp32"):
         load_space(path, predicates=CMatmul.predicates)
+
+
+def test_validate_counts_the_seeds_and_names_a_bad_one(tmp_path, write) -> None:
+    from tests.cli import cotune
+
+    space = write("space.yaml", SPACE)
+    write("spec.yaml", JOB.format(trials=8, space=space))
+    ok = cotune("validate", "spec.yaml", cwd=tmp_path)
+    assert ok.returncode == 0 and "4 known-good seed(s)" in " ".join(ok.stdout.split()), ok.stdout
+    write("space.yaml", SPACE.replace("UNROLL: 4", "UNROLL: 3"))
+    bad = cotune("validate", "spec.yaml", cwd=tmp_path)
+    assert bad.returncode != 0 and "seeds.fp32.0.UNROLL: 3 is not one of" in " ".join(bad.stderr.split()), bad.stderr
+    assert "Traceback" not in bad.stderr

@@ -41,7 +41,8 @@ def validate(
         else kernel.space()
     )
     problems = job.expand()
-    out.print(f"{spec}: ok — kernel {job.kernel}, {len(problems)} problem(s), space of {space.size} points")
+    seeds = f", {len(space.seeds)} known-good seed(s)" if space.seeds else ""
+    out.print(f"{spec}: ok — kernel {job.kernel}, {len(problems)} problem(s), space of {space.size} points{seeds}")
     if device is None:
         return
     from collections import Counter
