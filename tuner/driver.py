@@ -82,16 +82,7 @@ def tune_job(
             budget = session.feasible_budget()
             if budget is None or session.objective.measured < budget:  # a finished study asks nothing more
                 warm = list((priors or {}).get(problem.key, []))
-                warm += first_configs(
-                    storage,
-                    space,
-                    problem,
-                    device,
-                    budget,
-                    batch_dim=kernel.batch_dim,
-                    objective=spec.objective.value,
-                    winners=spec.sampler.transfer_winner,
-                )
+                warm += first_configs(storage, spec, kernel, space, problem, device, budget)
                 session.enqueue(warm)
             outcomes.append(_tune_problem(session, on_progress, precompiler))
     tracker.close()

@@ -231,9 +231,11 @@ def _seed(values: dict[str, ParamValue], params: Sequence[Param], where: str) ->
     missing = [n for n in names if n not in values]
     unknown = [k for k in values if k not in names]
     if missing or unknown:
-        parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
-            [f"unknown param {', '.join(unknown)}"] if unknown else []
-        )
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing)}")
+        if unknown:
+            parts.append(f"unknown param {', '.join(unknown)}")
         raise SpecError(f"{where}: {'; '.join(parts)} (a seed gives a value for each of {', '.join(names)})")
     out: dict[str, ParamValue] = {}
     for p in params:

@@ -11,10 +11,14 @@ studies' measured trials as a model feature, which the replay benchmark measured
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuner.space import SearchSpace
 from tuner.types import Config, DeviceProfile, Problem
+
+if TYPE_CHECKING:
+    from tuner.kernel import Kernel
+    from tuner.spec import JobSpec
 
 MAX_PRIORS = 1
 MAX_RELATED = 2
@@ -34,19 +38,18 @@ def neighbour_winners(
 
 def first_configs(
     storage: Any,
+    spec: JobSpec,
+    kernel: Kernel,
     space: SearchSpace,
     problem: Problem,
     device: DeviceProfile,
     budget: int | None,
-    *,
-    batch_dim: str,
-    objective: str,
-    winners: bool,
 ) -> list[Config]:
-    """What a new study measures first: the nearest finished studies' winners (when ``winners``, the spec's
-    ``sampler.transfer``), then the space's known-good seeds, each once. Used by ``cotune tune`` and by the
-    service at submit."""
-    out = neighbour_winners(storage, space, problem, device, batch_dim, objective) if winners else []
+    """What a new study measures first: the nearest finished studies' winners (when ``sampler.transfer`` asks
+    for them), then the space's known-good seeds, each once. Used by ``cotune tune`` and by the service at
+    submit."""
+    winners = spec.sampler.transfer_winner
+    out = neighbour_winners(storage, space, problem, device, kernel.batch_dim, spec.objective.value) if winners else []
     return list(dict.fromkeys(out + space.known_good(problem, device, budget)))
 
 

@@ -19,7 +19,7 @@ from tuner.spec import JobSpec
 from tuner.storage import open_storage
 from tuner.tracker import StudyInfo
 from tuner.transfer import first_configs
-from tuner.types import Config, DeviceProfile, Problem
+from tuner.types import DeviceProfile, Problem
 from worker.app import TASK_RUN_TICKET
 
 _PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0}
@@ -97,8 +97,8 @@ def submit(
     rows = [
         (service_study_name(job_id_hint, p.key, hardware), p.to_json(), budget, run_ids.get(p.key)) for p in problems
     ]
-    warm = _warm_starts(settings.storage, spec, kernel, space, problems, hardware, budget)
-    _create_studies(settings.storage, [(r[0], warm[i]) for i, r in enumerate(rows)], spec)
+    studies = [(r[0], p) for r, p in zip(rows, problems, strict=True)]
+    _create_studies(settings.storage, studies, spec, kernel, space, hardware, budget)
     wall = spec.budget.wall_time_s * len(problems) if spec.budget.wall_time_s else None
     job_id, trial_tickets = store.create_job(
         spec.name, hardware, spec.model_dump(mode="json"), mlflow_uri, rows, wall, job_id=job_id_hint
@@ -107,55 +107,42 @@ def submit(
     return job_id
 
 
-def _warm_starts(
+def _submit_profile(hardware: str) -> DeviceProfile | None:
+    """The device a study's first configs are screened against at submit: the hardware's recorded profile,
+    this host's for the CPU queue, none for a GPU without one (then the study gets no first configs). The
+    worker screens each again on its own device, and one it rejects becomes a PRUNED trial, not a
+    measurement: a ticket asks on until it has measured."""
+    if hardware == CPU_KIND:
+        return cpu_profile()
+    try:
+        return recorded_profile(hardware)
+    except CotuneError:
+        return None
+
+
+def _create_studies(
     storage_url: str,
+    studies: list[tuple[str, Problem]],
     spec: JobSpec,
     kernel: Kernel,
     space: SearchSpace,
-    problems: list[Problem],
     hardware: str,
     budget: int,
-) -> list[list[Config]]:
-    """What each problem measures first, as in ``cotune tune``: the winners of the nearest finished studies of
-    this kernel on this hardware (``sampler.transfer``), then the space's seeds. They are screened against the
-    hardware's recorded profile (this host's for the CPU queue); a GPU without one gets none. The worker
-    screens each again on its own device, and one it rejects becomes a PRUNED trial, not a measurement: a
-    ticket asks on until it has measured."""
-    if hardware == CPU_KIND:
-        device = cpu_profile()
-    else:
-        try:
-            device = recorded_profile(hardware)
-        except CotuneError:
-            return [[] for _ in problems]
-    storage = open_storage(storage_url)
-    return [
-        first_configs(
-            storage,
-            space,
-            problem,
-            device,
-            budget,
-            batch_dim=kernel.batch_dim,
-            objective=spec.objective.value,
-            winners=spec.sampler.transfer_winner,
-        )
-        for problem in problems
-    ]
-
-
-def _create_studies(storage_url: str, studies: list[tuple[str, list[Config]]], spec: JobSpec) -> None:
+) -> None:
     """Create the Optuna studies up front, so the reaper and ``status`` find them before any trial runs, with
-    their warm starts queued first."""
+    what each measures first queued, as in ``cotune tune``: the winners of the nearest finished studies of
+    this kernel on this hardware (``sampler.transfer``), then the space's seeds."""
     import optuna
 
     from tuner.objective import directions
 
     storage = open_storage(storage_url)
-    for name, first in studies:
+    device = _submit_profile(hardware)
+    for name, problem in studies:
         study = optuna.create_study(
             storage=storage, study_name=name, directions=directions(spec.objective), load_if_exists=True
         )
+        first = [] if device is None else first_configs(storage, spec, kernel, space, problem, device, budget)
         for config in first:
             study.enqueue_trial(config.values, skip_if_exists=True)
 
