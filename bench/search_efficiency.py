@@ -135,7 +135,9 @@ def _parse_strategy(strategy: str) -> tuple[str, dict]:
     return name, options
 
 
-def _option_value(text: str) -> int | float | str:
+def _option_value(text: str) -> bool | int | float | str:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
     for kind in (int, float):
         try:
             return kind(text)

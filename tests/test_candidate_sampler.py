@@ -162,6 +162,36 @@ def test_local_phase_walks_the_incumbents_neighbourhood_then_goes_global_again()
     assert global_after_exhausted > 0  # the walk reached a config with no unmeasured neighbour and moved on
 
 
+class _CountingSampler(CandidateSampler):
+    """Records after how many measured trials the model made its first pick."""
+
+    first_model_pick: int | None = None
+
+    def _best_expected_improvement(self, observed, free):
+        if self.first_model_pick is None:
+            self.first_model_pick = len(observed)
+        return super()._best_expected_improvement(observed, free)
+
+
+def _first_model_pick(**options) -> int | None:
+    sampler = _CountingSampler(FEASIBLE, DISTS, seed=5, **options)
+    study = optuna.create_study(sampler=sampler)
+    for config in FEASIBLE[:6]:  # warm starts: configs from one corner of the space, measured first
+        study.enqueue_trial(config)
+    for _ in range(20):
+        trial = study.ask(DISTS)
+        study.tell(trial, landscape(trial.params))
+    return sampler.first_model_pick
+
+
+def test_enqueued_configs_come_on_top_of_the_random_start():
+    """Six warm-start configs are measured first; the model still waits for ten random picks of the
+    sampler's own, so it is not fitted to one corner of the space. Counting them toward the start-up (the
+    earlier behaviour) lets the model in after four."""
+    assert _first_model_pick() == 16
+    assert _first_model_pick(enqueued_in_startup=True) == 10
+
+
 def test_rejects_an_empty_space():
     with pytest.raises(ValueError, match="at least one"):
         CandidateSampler([], DISTS)
