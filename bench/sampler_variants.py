@@ -16,7 +16,8 @@ inputs); ``log`` (log2 instead of rank encoding for numeric params); ``rank+log`
 ``top5`` (the union of the best 3 or 5 configs' neighbourhoods in the local phase); ``rf``,
 ``extra-trees`` (a forest of 50 trees instead of the GP, uncertainty from the trees' spread); ``gp/rf``
 (the two models take turns); ``crossover1``, ``crossover2``, ``crossover4`` (the local phase also offers
-every config between the incumbent and each of the next 1, 2 or 4 best, param by param); ``lcb0.5``,
+every config between the incumbent and each of the next 1, 2 or 4 best, param by param); ``adjacent2``
+(the local phase also offers every move of two params by one step each); ``lcb0.5``,
 ``lcb1``, ``lcb2`` (the lowest confidence bound, mean minus 0.5, 1 or 2 standard deviations, instead of
 expected improvement, for every pick); ``lcb-local1``, ``lcb-global1`` (the bound for the local or the
 global picks only, expected improvement for the others); ``ei/lcb1`` (the bound and expected improvement
@@ -129,6 +130,31 @@ class Crossover(Variant):
         return free
 
 
+class Adjacent2(Variant):
+    """Local phase over the incumbent's one-param neighbours plus the configs that move two params one step
+    each (to the next smaller or larger value): coupled moves such as a block size's x and y together,
+    without the whole two-param neighbourhood that ``radius=2`` opens."""
+
+    def _pool(self, observed, free):
+        if self._local and len(observed) >= self._local_after and self._rng.random() < self._local:
+            if not hasattr(self, "_steps"):
+                columns = []
+                for j in range(len(self._params)):
+                    values = [q[j] for q in self._points]
+                    rank = cs._rank_encoding(values)
+                    span = max(len(rank) - 1, 1)
+                    columns.append([round(rank[v] * span) for v in values])
+                self._steps = np.array(columns, dtype=int).T
+            incumbent = observed[int(np.argmin([v if v is not None else np.inf for _, v in observed]))][0]
+            differs = self._steps[free] != self._steps[incumbent]
+            count = differs.sum(axis=1)
+            adjacent = (np.abs(self._steps[free] - self._steps[incumbent]) <= 1).all(axis=1)
+            near = free[(count <= 1) | ((count == 2) & adjacent)]
+            if near.size:
+                return near
+        return free
+
+
 class Acquisition(Variant):
     """The default pool and model with another score than expected improvement."""
 
@@ -186,6 +212,7 @@ def make(variant: str, candidates, distributions, seed) -> Variant:
     name, options = _parse_strategy(ALIASES.get(variant, variant))
     classes = {"default": Variant, "maximin": Maximin, "top3": TopK, "top5": TopK}
     classes |= dict.fromkeys(("crossover1", "crossover2", "crossover4"), Crossover)
+    classes["adjacent2"] = Adjacent2
     classes |= dict.fromkeys(("rf", "extra-trees", "gp/rf"), Model)
     classes |= dict.fromkeys(("pairs", "log", "rank+log"), Variant)
     classes |= dict.fromkeys(
