@@ -136,6 +136,13 @@ def test_cli_json_and_bad_file(tmp_path):
         [sys.executable, "-m", "tuner.cli", "replay", str(tmp_path / "no_time.json")], capture_output=True, text=True
     )
     assert proc.returncode == 1 and "cache entry '1' is malformed (KeyError: 'time')" in proc.stderr
+    (tmp_path / "list_value.json").write_text(
+        '{"tune_params_keys": ["a"], "tune_params": {"a": [[1, 2]]}, "cache": {"1,2": {"a": [1, 2], "time": 3.0}}}'
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "tuner.cli", "replay", str(tmp_path / "list_value.json")], capture_output=True, text=True
+    )
+    assert proc.returncode == 1 and "param 'a' has the value [1, 2]" in proc.stderr
     empty_t4 = tmp_path / "empty_T4.json"
     empty_t4.write_text('{"schema_version": "1.0.0", "results": []}')
     proc = subprocess.run([sys.executable, "-m", "tuner.cli", "replay", str(empty_t4)], capture_output=True, text=True)

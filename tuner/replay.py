@@ -68,6 +68,16 @@ class ReplayData:
         return min(r.time_ms for r in self.records.values() if r.time_ms is not None)
 
 
+def _point(config: dict, keys: tuple[str, ...]) -> tuple:
+    """A recorded config's values in ``keys`` order. Optuna's categorical choices must be numbers, strings,
+    booleans or None, so a list or object value is refused here, where the entry can still be named."""
+    point = tuple(config[k] for k in keys)
+    for k, v in zip(keys, point, strict=True):
+        if not (v is None or isinstance(v, (bool, int, float, str))):
+            raise TypeError(f"param {k!r} has the value {v!r}; replay takes numbers, strings and booleans")
+    return point
+
+
 def _read_json(path: Path) -> object:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt") as f:
@@ -86,7 +96,7 @@ def load_kernel_tuner_cache(path: Path, data: object = None) -> ReplayData:
     records = {}
     for name, entry in cache.items():
         try:
-            point = tuple(entry[k] for k in keys)
+            point = _point(entry, keys)
             t = entry["time"]
             cost = (float(entry.get("compile_time", 0)) + float(entry.get("benchmark_time", 0))) / 1e3
             failed = isinstance(t, str) or not math.isfinite(float(t))
@@ -126,7 +136,7 @@ def load_t4_results(path: Path, data: object = None) -> ReplayData:
         if result.get("invalidity") == "constraints":
             continue
         try:
-            point = tuple(result["configuration"][k] for k in keys)
+            point = _point(result["configuration"], keys)
             times = result.get("times", {})
             cost = (
                 (times.get("compilation", 0) + times.get("validation", 0) + sum(times.get("runtimes", []))) * unit / 1e3
