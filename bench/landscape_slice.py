@@ -22,6 +22,9 @@ def main() -> None:
     args = ap.parse_args()
     data = load_recording(args.file)
     keys = list(data.keys)
+    unknown = [p for p in (args.rows, args.columns) if p not in keys]
+    if unknown:
+        raise SystemExit(f"{data.name} has no param {', '.join(map(repr, unknown))}; its params: {', '.join(keys)}")
     best_key = min((k for k, r in data.records.items() if r.time_ms is not None), key=lambda k: data.records[k].time_ms)
     best = dict(zip(keys, best_key))
     values = {p: data.values[p] for p in (args.rows, args.columns)}
