@@ -17,9 +17,18 @@ from pathlib import Path
 
 
 def load(paths: list[Path]) -> list[dict]:
+    """The summary rows, each with ``at_optimum@50``: (runs holding the optimum itself after 50 evaluations,
+    runs), from the file's per-run records, or None where it has none."""
     rows = []
     for p in paths:
-        rows += json.loads(p.read_text())["summary"]
+        doc = json.loads(p.read_text())
+        hits: dict[tuple[str, str], tuple[int, int]] = {}
+        for run in doc.get("runs", []):
+            ratio = run["ratio"].get("50")
+            key = (run["file"], run["strategy"])
+            at, n = hits.get(key, (0, 0))
+            hits[key] = (at + (ratio is not None and ratio <= 1 + 1e-9), n + 1)
+        rows += [{**r, "at_optimum@50": hits.get((r["file"], r["strategy"]))} for r in doc["summary"]]
     return rows
 
 
@@ -42,11 +51,12 @@ def markdown(rows: list[dict], candidate: str) -> str:
                 )
     out += [
         "",
-        f"Target check for `{candidate}` (medians over seeds):",
+        f"Target check for `{candidate}` (medians over seeds; where Kernel Tuner's best reaches 1.000, the "
+        "median after 50 matches it only when more than half of the runs hold the optimum itself):",
         "",
-        f"| file | {candidate} @50 | best Kernel Tuner @50 | best Kernel Tuner @200 (strategy) | @50 ≤ KT@200 "
-        f"| {candidate} @200 ≤ 1.02 |",
-        "|---|---|---|---|---|---|",
+        f"| file | {candidate} @50 | runs at the optimum @50 | best Kernel Tuner @50 | best Kernel Tuner @200 "
+        f"(strategy) | @50 ≤ KT@200 | {candidate} @200 ≤ 1.02 |",
+        "|---|---|---|---|---|---|---|",
     ]
     for f in files:
         mine = by.get((f, candidate))
@@ -61,12 +71,17 @@ def markdown(rows: list[dict], candidate: str) -> str:
             best_kt["median_best_over_opt@200"],
         )
         out.append(
-            f"| {f.split('.')[0]} | {fmt(m50)} | {fmt(best_kt50['median_best_over_opt@50'])} "
+            f"| {f.split('.')[0]} | {fmt(m50)} | {_count(mine['at_optimum@50'])} | "
+            f"{fmt(best_kt50['median_best_over_opt@50'])} "
             f"({best_kt50['strategy']}) | {fmt(k200)} ({best_kt['strategy']}) | "
             f"{'yes' if m50 is not None and k200 is not None and m50 <= k200 else 'no'} | "
             f"{'yes' if m200 is not None and m200 <= 1.02 else 'no'} |"
         )
     return "\n".join(out) + "\n"
+
+
+def _count(hits: tuple[int, int] | None) -> str:
+    return "–" if hits is None else f"{hits[0]}/{hits[1]}"
 
 
 def plot(rows: list[dict], png: Path) -> None:
