@@ -25,8 +25,7 @@ def main() -> None:
     unknown = [p for p in (args.rows, args.columns) if p not in keys]
     if unknown:
         raise SystemExit(f"{data.name} has no param {', '.join(map(repr, unknown))}; its params: {', '.join(keys)}")
-    best_key = min((k for k, r in data.records.items() if r.time_ms is not None), key=lambda k: data.records[k].time_ms)
-    best = dict(zip(keys, best_key))
+    best = data.top(1)[0]
     values = {p: data.values[p] for p in (args.rows, args.columns)}
     print(f"{data.name}: optimum {best}, {data.optimum:.4g}; time / optimum with the other params held")
     print(f"{args.rows} \\ {args.columns}".ljust(24) + "".join(f"{v!s:>8}" for v in values[args.columns]))
@@ -34,7 +33,8 @@ def main() -> None:
         cells = []
         for c in values[args.columns]:
             record = data.records.get(tuple({**best, args.rows: r, args.columns: c}[k] for k in keys))
-            cells.append("     ---" if record is None or record.time_ms is None else f"{record.time_ms / data.optimum:8.3f}")
+            failed = record is None or record.time_ms is None
+            cells.append("     ---" if failed else f"{record.time_ms / data.optimum:8.3f}")
         print(f"{r!s:<24}" + "".join(cells))
 
 
