@@ -32,7 +32,9 @@ import argparse
 import datetime as dt
 import json
 import platform
+import shlex
 import statistics
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -213,11 +215,7 @@ def main() -> None:
         json.dumps(
             {
                 "benchmark": "bench/search_efficiency.py",
-                "command": "python bench/search_efficiency.py "
-                + " ".join(
-                    ["--strategies", *args.strategies, "--seeds", str(args.seeds), "--budget", str(args.budget)]
-                    + (["--files", *args.files] if args.files else [])
-                ),
+                "command": "python " + shlex.join(sys.argv),
                 "date": dt.date.today().isoformat(),
                 "machine": machine(),
                 "summary": summary,
