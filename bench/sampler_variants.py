@@ -21,7 +21,12 @@ every config between the incumbent and each of the next 1, 2 or 4 best, param by
 ``lcb1``, ``lcb2`` (the lowest confidence bound, mean minus 0.5, 1 or 2 standard deviations, instead of
 expected improvement, for every pick); ``lcb-local1``, ``lcb-global1`` (the bound for the local or the
 global picks only, expected improvement for the others); ``ei/lcb1`` (the bound and expected improvement
-take turns); ``thompson`` (one draw per config from the GP's marginal posterior, the lowest wins).
+take turns); ``thompson`` (one draw per config from the GP's marginal posterior, the lowest wins);
+``incumbent`` (the local phase walks the incumbent's neighbourhood only, global once it is all measured: the
+default before 2026-11-24, ``default[local_top=1]``); ``elite3``, ``elite5``, ``elite10``
+(``default[local_top=k]``: then the neighbourhood of the next best of the k best that has unmeasured
+neighbours). In the result files written before 2026-11-24, ``default`` is what ``incumbent`` is now, and
+the elite runs broke ties between equal times by config index rather than by measurement order.
 """
 
 from __future__ import annotations
@@ -35,7 +40,9 @@ import argparse
 import datetime as dt
 import itertools
 import json
+import shlex
 import statistics
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -205,7 +212,8 @@ def _encode(sampler: Variant, mode: str) -> None:
     sampler._X = np.array(columns, dtype=float).T
 
 
-ALIASES = {"restarts": "default[gp_restarts=5]"}
+ALIASES = {"restarts": "default[gp_restarts=5]", "incumbent": "default[local_top=1]"}
+ALIASES |= {f"elite{k}": f"default[local_top={k}]" for k in (3, 5, 10)}
 
 
 def make(variant: str, candidates, distributions, seed) -> Variant:
@@ -282,6 +290,7 @@ def main() -> None:
         cells = " | ".join(f"{v['median']:.3f} ({v['at_optimum']})" for v in line["files"].values())
         print(f"| {variant} | {cells} | {line['at_optimum']}/{len(args.files) * args.seeds} |", flush=True)
     result = {
+        "command": "python " + shlex.join(sys.argv),
         "machine": machine(),
         "date": started.date().isoformat(),
         "seconds": round((dt.datetime.now(dt.UTC) - started).total_seconds()),

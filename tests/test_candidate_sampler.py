@@ -139,27 +139,35 @@ def test_a_maximised_objective_is_modelled_on_the_same_log_scale_as_time():
     assert sampler._targets(negated_throughput) == pytest.approx(sampler._targets(times))
 
 
-def test_local_phase_walks_the_incumbents_neighbourhood_then_goes_global_again():
-    """With local=1, every proposal after local_after differs from the best config so far in one param at
-    most, until that neighbourhood is all measured; then the pick is global again instead of stalling."""
-    sampler = CandidateSampler(FEASIBLE, DISTS, seed=3, local=1.0, local_after=12, radius=1)
+@pytest.mark.parametrize("local_top", [1, 3])
+def test_local_phase_walks_the_best_configs_neighbourhoods_then_goes_global_again(local_top):
+    """With local=1, every proposal after local_after differs in one param at most from the best config so
+    far that still has unmeasured neighbours, among the ``local_top`` best; when all of theirs are measured
+    the pick is global again instead of stalling."""
+    sampler = CandidateSampler(FEASIBLE, DISTS, seed=3, local=1.0, local_after=12, radius=1, local_top=local_top)
     study = optuna.create_study(sampler=sampler)
-    global_after_exhausted = 0
+    global_picks = beyond_incumbent = 0
     for i in range(80):
         trial = study.ask(DISTS)
-        done = [t for t in study.trials if t.state is TrialState.COMPLETE]
+        done = sorted((t for t in study.trials if t.state is TrialState.COMPLETE), key=lambda t: t.value)
         if i >= 12:
-            best = min(done, key=lambda t: t.value).params
-            neighbours = [c for c in FEASIBLE if sum(c[k] != best[k] for k in c) == 1]
             measured = {tuple(sorted(t.params.items())) for t in done}
-            open_neighbours = [c for c in neighbours if tuple(sorted(c.items())) not in measured]
-            differs = sum(trial.params[k] != best[k] for k in best)
-            if open_neighbours:
-                assert differs == 1, (i, best, trial.params)
+            walked = None
+            for rank, t in enumerate(done[:local_top]):
+                neighbours = [c for c in FEASIBLE if sum(c[k] != t.params[k] for k in c) == 1]
+                if any(tuple(sorted(c.items())) not in measured for c in neighbours):
+                    walked = rank, t.params
+                    break
+            if walked is None:
+                global_picks += 1
             else:
-                global_after_exhausted += 1
+                rank, centre = walked
+                assert sum(trial.params[k] != centre[k] for k in centre) == 1, (i, centre, trial.params)
+                beyond_incumbent += rank > 0
         study.tell(trial, landscape(trial.params))
-    assert global_after_exhausted > 0  # the walk reached a config with no unmeasured neighbour and moved on
+    assert global_picks > 0  # the walk reached configs with no unmeasured neighbour and moved on
+    if local_top > 1:
+        assert beyond_incumbent > 0  # the walk went on around the next best when the incumbent's was done
 
 
 class _CountingSampler(CandidateSampler):

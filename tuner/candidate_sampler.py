@@ -17,7 +17,12 @@ continuous space and discarding the infeasible ones, this sampler scores the fea
   neighbourhood: the unmeasured configs that differ from the best one in at most ``radius`` params, still
   ranked by expected improvement. Kernel optima are narrow (on the recorded GPU caches one config is often
   the only one within 2 %), a global model alone reaches their basin but rarely the exact config, and the
-  neighbourhood walk finishes the job; when the neighbourhood is exhausted the pick is global again;
+  neighbourhood walk finishes the job. When the incumbent's neighbourhood is exhausted, the walk moves to
+  the next best of the ``local_top`` best configs that still has unmeasured neighbours (a best-first walk),
+  and only when all of theirs are measured is the pick global again. A measured best can be a lucky or a
+  noisy one, or sit in a basin one param away from a better one that is two params away from it; on the
+  H100 Triton matmul M=128 recording, a walk around the incumbent alone reached the optimum in 9 of 20
+  seeds at 200 evaluations (median 1.5 % off), the best-first walk in 17 of 20;
 - ``related``: the measured trials of related studies (the same kernel on another GPU or batch size)
   become one more input feature each, their log time per config, so the model learns how far the other
   study's landscape predicts this one. The GP weighs the feature by its fitted length scale, so an
@@ -158,6 +163,7 @@ class CandidateSampler(BaseSampler):
         local: float = 0.5,
         local_after: int = 20,
         radius: int = 1,
+        local_top: int = 5,
         related: Sequence[Sequence[tuple[Mapping[str, Any], float | None]]] = (),
     ) -> None:
         """``related``: per related study, its (params, value) pairs, lower is better, None for a failure.
@@ -198,6 +204,7 @@ class CandidateSampler(BaseSampler):
         self._local = local
         self._local_after = local_after
         self._radius = radius
+        self._local_top = local_top
         self._raw = np.array(self._points, dtype=object)
         self._kernel: Any = None
         self._fitted_at = -1
@@ -271,13 +278,16 @@ class CandidateSampler(BaseSampler):
 
     def _pool(self, observed: list[tuple[int, float | None]], free: np.ndarray) -> np.ndarray:
         """The configs this pick chooses from: in the local phase (a ``local`` share of picks once
-        ``local_after`` are measured) the incumbent's unmeasured neighbours, otherwise every free one."""
+        ``local_after`` are measured) the unmeasured neighbours of the best config that still has some, of
+        the ``local_top`` best; otherwise, or when none of those has any, every free one."""
         if self._local and len(observed) >= self._local_after and self._rng.random() < self._local:
-            incumbent = observed[int(np.argmin([v if v is not None else np.inf for _, v in observed]))][0]
-            differs = (self._raw[free] != self._raw[incumbent]).sum(axis=1)
-            near = free[differs <= self._radius]
-            if near.size:
-                return near
+            # A stable sort keeps the first-measured of equal times first, as the incumbent is chosen.
+            ranked = sorted((v, n) for n, (_, v) in enumerate(observed) if v is not None)
+            for _, n in ranked[: self._local_top]:
+                differs = (self._raw[free] != self._raw[observed[n][0]]).sum(axis=1)
+                near = free[differs <= self._radius]
+                if near.size:
+                    return near
         return free
 
     def sample_independent(
