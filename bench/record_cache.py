@@ -157,10 +157,11 @@ def main() -> None:
         name, _, text = item.partition("=")
         if name not in values:
             raise SystemExit(f"--values {item!r}: {args.kernel} has no param {name!r}; it has {', '.join(keys)}")
-        allowed = [v for v in values[name] if str(v) in text.split(",")]
-        if not allowed:
-            raise SystemExit(f"--values {item!r}: none of these is a value of {name} ({values[name]})")
-        values[name] = allowed
+        wanted = text.split(",")
+        unknown = [w for w in wanted if w not in {str(v) for v in values[name]}]
+        if unknown:
+            raise SystemExit(f"--values {item!r}: {', '.join(unknown)} not a value of {name} ({values[name]})")
+        values[name] = [v for v in values[name] if str(v) in wanted]
     args.out_dir.mkdir(parents=True, exist_ok=True)
 
     recordings = []

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tuner.device import detect
 from tuner.registry import get_kernel
 from tuner.replay import load_kernel_tuner_cache, replay
@@ -55,11 +57,17 @@ def test_recording_replays_and_resumes(tmp_path: Path) -> None:
     assert len(log.read_text().splitlines()) == len(feasible)
 
 
-def test_unknown_param_is_a_clear_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [("BLOCK=8", "c_matmul has no param 'BLOCK'"), ("TILE_M=8,12", "12 not a value of TILE_M")],
+)
+def test_unknown_param_or_value_is_a_clear_error(tmp_path: Path, values: str, message: str) -> None:
+    """A typo in --values must not silently record another sub-grid than the one asked for."""
     proc = subprocess.run(
         [sys.executable, str(REPO / "bench/record_cache.py"), "--kernel", "c_matmul", "--precision", "fp32",
-         "--problem", "M=32,N=32,K=32", "--values", "BLOCK=8", "--out-dir", str(tmp_path)],
+         "--problem", "M=32,N=32,K=32", "--values", values, "--out-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode != 0
-    assert "c_matmul has no param 'BLOCK'" in proc.stderr
+    assert message in proc.stderr
+    assert not list(tmp_path.glob("*.json*"))
