@@ -30,6 +30,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
 import datetime as dt
+import gzip
 import json
 import platform
 import shlex
@@ -107,16 +108,25 @@ TRANSFER_TOP = 5
 
 
 def _siblings(path: Path, keys: tuple[str, ...]) -> list:
-    """Caches of the same kernel (same file prefix and params) recorded on other GPUs."""
+    """Caches of the same kernel (same file prefix and params) recorded on other GPUs or shapes. Where the
+    caches name their precision (cotune's recordings do), only those of the same precision: a study
+    transfers from studies of its own kernel, precision, objective and device only."""
     kernel = path.name.split("_")[0]
+    precision = _precision(path)
     out = []
     for other in sorted(path.parent.glob(f"{kernel}_*.json*")):
-        if other == path or "_T4" in other.name:
+        if other == path or "_T4" in other.name or _precision(other) != precision:
             continue
         data = load_recording(other)
         if data.keys == keys:
             out.append(data)
     return out
+
+
+def _precision(path: Path) -> str | None:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt") as f:
+        return json.load(f).get("precision")
 
 
 def _searched_siblings(path: Path, keys: tuple[str, ...], n: int, seed: int) -> list:
