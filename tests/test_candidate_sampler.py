@@ -170,6 +170,11 @@ def test_local_phase_walks_the_best_configs_neighbourhoods_then_goes_global_agai
         assert beyond_incumbent > 0  # the walk went on around the next best when the incumbent's was done
 
 
+def test_local_top_below_one_is_a_clear_error():
+    with pytest.raises(ValueError, match="local_top must be at least 1"):
+        CandidateSampler(FEASIBLE, DISTS, local_top=0)
+
+
 class _CountingSampler(CandidateSampler):
     """Records after how many measured trials the model made its first pick."""
 

@@ -19,10 +19,10 @@ continuous space and discarding the infeasible ones, this sampler scores the fea
   the only one within 2 %), a global model alone reaches their basin but rarely the exact config, and the
   neighbourhood walk finishes the job. When the incumbent's neighbourhood is exhausted, the walk moves to
   the next best of the ``local_top`` best configs that still has unmeasured neighbours (a best-first walk),
-  and only when all of theirs are measured is the pick global again. A measured best can be a lucky or a
-  noisy one, or sit in a basin one param away from a better one that is two params away from it; on the
-  H100 Triton matmul M=128 recording, a walk around the incumbent alone reached the optimum in 9 of 20
-  seeds at 200 evaluations (median 1.5 % off), the best-first walk in 17 of 20;
+  and only when all of theirs are measured is the pick global again. The best measurement can be a lucky
+  one, and the way to a better basin can lead through a neighbour of the second best rather than of the
+  best; on the H100 Triton matmul M=128 recording, a walk around the incumbent alone reached the optimum
+  in 9 of 20 seeds at 200 evaluations (median 1.5 % off), the best-first walk in 17 of 20;
 - ``related``: the measured trials of related studies (the same kernel on another GPU or batch size)
   become one more input feature each, their log time per config, so the model learns how far the other
   study's landscape predicts this one. The GP weighs the feature by its fitted length scale, so an
@@ -171,6 +171,8 @@ class CandidateSampler(BaseSampler):
         before 2026-11-24, kept for the benchmark's record)."""
         if not candidates:
             raise ValueError("CandidateSampler needs at least one feasible config")
+        if local_top < 1:
+            raise ValueError(f"local_top must be at least 1 (the incumbent), got {local_top}")
         self._params = list(distributions)
         self._distributions = dict(distributions)
         self._points = [tuple(c[p] for p in self._params) for c in candidates]
@@ -281,7 +283,7 @@ class CandidateSampler(BaseSampler):
         ``local_after`` are measured) the unmeasured neighbours of the best config that still has some, of
         the ``local_top`` best; otherwise, or when none of those has any, every free one."""
         if self._local and len(observed) >= self._local_after and self._rng.random() < self._local:
-            # A stable sort keeps the first-measured of equal times first, as the incumbent is chosen.
+            # Equal times go to the earlier measurement, as the incumbent is chosen.
             ranked = sorted((v, n) for n, (_, v) in enumerate(observed) if v is not None)
             for _, n in ranked[: self._local_top]:
                 differs = (self._raw[free] != self._raw[observed[n][0]]).sum(axis=1)
