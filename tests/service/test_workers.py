@@ -101,10 +101,17 @@ def test_kill_9_of_a_worker_mid_trial_loses_and_doubles_nothing(service, tmp_pat
     store = JobStore(service.env["COTUNE_STORAGE"])
 
     def victim_measuring():
-        return [t for t in job_tickets(service, job) if t["state"] == "claimed" and t["trial_number"] is not None]
+        return [
+            t
+            for t in job_tickets(service, job)
+            if t["state"] == "claimed" and t["trial_number"] is not None and (t["worker"] or "").startswith("victim@")
+        ]
 
     wait_for(victim_measuring, 60, "the victim to start measuring a trial")
     service.start_worker("survivor")
+    # Starting the survivor takes seconds, long enough for the victim to finish its trial and sit between
+    # two: kill it only while it holds one, so that there is a trial to lose.
+    wait_for(victim_measuring, 60, "the victim to be measuring a trial again")
     service.kill_worker(victim)
     record = wait_job(service, job)
     assert record["state"] == "succeeded", record
