@@ -32,10 +32,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from pydantic import ValidationError  # noqa: E402
+
 from tuner.device import device_for  # noqa: E402
 from tuner.isolation import CandidateRunner, Request  # noqa: E402
-from tuner.kernel import BenchSettings, CandidateError  # noqa: E402
+from tuner.kernel import BenchSettings  # noqa: E402
+from tuner.precompile import precompile_one  # noqa: E402
 from tuner.registry import get_kernel  # noqa: E402
+from tuner.spec import BenchSpec  # noqa: E402
 from tuner.types import Config, DeviceProfile, Failure, FailureKind, Problem  # noqa: E402
 
 # Short but stable timing: a recording measures thousands of configs, and the median of >= 10 L2-flushed
@@ -51,14 +55,12 @@ def parse_problem(text: str) -> dict[str, int]:
 
 
 def parse_bench(text: str) -> BenchSettings:
-    fields = {k: float(v) for k, v in (part.split("=") for part in text.split(","))}
-    return BenchSettings(
-        warmup=int(fields.get("warmup", 2)),
-        repeats=int(fields.get("repeats", 10)),
-        target_s=fields.get("target_ms", 20) / 1e3,
-        max_repeats=int(fields.get("max_repeats", 200)),
-        timeout_s=fields.get("timeout_s", 30),
-    )
+    """``--bench`` as job spec ``bench`` fields; those it leaves out take DEFAULT_BENCH's values."""
+    fields = dict(part.split("=") for part in f"{DEFAULT_BENCH},{text}".split(","))
+    try:
+        return BenchSpec(**fields).settings()
+    except ValidationError as exc:
+        raise SystemExit(f"--bench {text!r}: {exc}") from None
 
 
 def stem(problem: Problem, device: DeviceProfile) -> str:
@@ -69,13 +71,8 @@ def stem(problem: Problem, device: DeviceProfile) -> str:
 def compile_one(problem: Problem, config: Config, device: DeviceProfile) -> tuple[str | None, float]:
     """(compile error or None, seconds); runs in a pool process."""
     start = time.perf_counter()
-    try:
-        get_kernel(problem.kernel).precompile(problem, config, device)
-    except CandidateError as exc:
-        return str(exc), time.perf_counter() - start
-    except Exception:  # noqa: BLE001 - as in tuner.precompile: the measuring process compiles again and judges
-        return None, time.perf_counter() - start
-    return None, time.perf_counter() - start
+    failure = precompile_one(problem, config, device)
+    return (None if failure is None else failure[1]), time.perf_counter() - start
 
 
 def kernel_tuner_marker(kind: FailureKind) -> str:

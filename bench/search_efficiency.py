@@ -30,7 +30,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
 import datetime as dt
-import gzip
 import json
 import platform
 import shlex
@@ -39,7 +38,7 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from tuner.replay import ReplayResult, load_recording, replay
+from tuner.replay import ReplayData, ReplayResult, load_recording, replay
 
 CHECKPOINTS = (25, 50, 100, 200)
 
@@ -66,18 +65,18 @@ def one(args: tuple[str, str, int, int]) -> dict:
         for flag in ("+winner=", "+study="):  # what transfer: winner / transfer: true do in a study
             if flag in name:
                 name, _, n = name.partition(flag)
-                searched = _searched_siblings(Path(path), data.keys, int(n), seed)
+                searched = _searched_siblings(Path(path), data, int(n), seed)
                 priors = searched[0].top(1) if searched else []
                 related = searched if flag == "+study=" else None
         if "+related" in name:
             name, _, measured = name.partition("+related")
             if measured:  # "+related=N": only what a cotune study of N evaluations measured on each sibling
-                related = _searched_siblings(Path(path), data.keys, int(measured.removeprefix("=")), seed)
+                related = _searched_siblings(Path(path), data, int(measured.removeprefix("=")), seed)
             else:
-                related = _siblings(Path(path), data.keys)
+                related = _siblings(Path(path), data)
         if name.endswith("+transfer"):
             name = name.removesuffix("+transfer")
-            priors = [c for sib in _siblings(Path(path), data.keys) for c in sib.top(TRANSFER_TOP)]
+            priors = [c for sib in _siblings(Path(path), data) for c in sib.top(TRANSFER_TOP)]
         result = replay(
             data,
             sampler=name,
@@ -107,32 +106,25 @@ def one(args: tuple[str, str, int, int]) -> dict:
 TRANSFER_TOP = 5
 
 
-def _siblings(path: Path, keys: tuple[str, ...]) -> list:
+def _siblings(path: Path, data: ReplayData) -> list:
     """Caches of the same kernel (same file prefix and params) recorded on other GPUs or shapes. Where the
     caches name their precision (cotune's recordings do), only those of the same precision: a study
     transfers from studies of its own kernel, precision, objective and device only."""
     kernel = path.name.split("_")[0]
-    precision = _precision(path)
     out = []
     for other in sorted(path.parent.glob(f"{kernel}_*.json*")):
-        if other == path or "_T4" in other.name or _precision(other) != precision:
+        if other == path or "_T4" in other.name:
             continue
-        data = load_recording(other)
-        if data.keys == keys:
-            out.append(data)
+        sibling = load_recording(other)
+        if sibling.keys == data.keys and sibling.precision == data.precision:
+            out.append(sibling)
     return out
 
 
-def _precision(path: Path) -> str | None:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt") as f:
-        return json.load(f).get("precision")
-
-
-def _searched_siblings(path: Path, keys: tuple[str, ...], n: int, seed: int) -> list:
+def _searched_siblings(path: Path, data: ReplayData, n: int, seed: int) -> list:
     """What a ``cotune`` study of n evaluations (this seed) measured on each sibling: a related study in real
     use is another search, not a brute force."""
-    return [sib.subset(replay(sib, sampler="cotune", budget=n, seed=seed).evaluated) for sib in _siblings(path, keys)]
+    return [sib.subset(replay(sib, sampler="cotune", budget=n, seed=seed).evaluated) for sib in _siblings(path, data)]
 
 
 def _parse_strategy(strategy: str) -> tuple[str, dict]:

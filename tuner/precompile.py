@@ -19,7 +19,8 @@ from tuner.kernel import CandidateError
 from tuner.types import Config, DeviceProfile, Failure, FailureKind, Problem
 
 
-def _precompile(problem: Problem, config: Config, device: DeviceProfile) -> tuple[FailureKind, str] | None:
+def precompile_one(problem: Problem, config: Config, device: DeviceProfile) -> tuple[FailureKind, str] | None:
+    """(kind, message) when the config fails to compile; None when it compiled or the compile itself broke."""
     from tuner.registry import get_kernel
 
     try:
@@ -48,7 +49,7 @@ class Precompiler:
         key = (problem.key, config.key)
         if key not in self._futures:
             try:
-                self._futures[key] = self._pool.submit(_precompile, problem, config, device)
+                self._futures[key] = self._pool.submit(precompile_one, problem, config, device)
             except BrokenProcessPool:
                 pass
 

@@ -39,6 +39,7 @@ class ReplayData:
     keys: tuple[str, ...]
     values: dict[str, tuple]
     records: dict[tuple, Record]
+    precision: str | None = None  # where the file names it (cotune's own recordings do)
 
     def top(self, n: int) -> list[dict]:
         """The n fastest recorded configs, as param dicts."""
@@ -47,7 +48,7 @@ class ReplayData:
 
     def subset(self, points: list[tuple]) -> ReplayData:
         """What a study that evaluated only these configs would hold."""
-        return ReplayData(self.name, self.keys, self.values, {p: self.records[p] for p in points})
+        return ReplayData(self.name, self.keys, self.values, {p: self.records[p] for p in points}, self.precision)
 
     def distributions(self) -> dict[str, CategoricalDistribution]:
         """The search space as Optuna sees it: every param categorical over its recorded values."""
@@ -108,7 +109,7 @@ def load_kernel_tuner_cache(path: Path, data: object = None) -> ReplayData:
             records[point] = Record(float(t), None, cost)
     if not any(r.time_ms is not None for r in records.values()):
         raise SpecError(f"{path}: the cache holds no successful measurement")
-    return ReplayData(path.name, keys, values, records)
+    return ReplayData(path.name, keys, values, records, data.get("precision"))
 
 
 # T4's "timeunit" names the unit of both the measured objective and the tuning times.
