@@ -5,6 +5,13 @@ Follows Triton's ``do_bench`` (a flush buffer zeroed before each call, one event
 repeat count adapted between ``repeats`` and ``max_repeats`` so that about ``target_s`` of kernel time
 is sampled; the caller takes the median. Graph mode follows vLLM's MoE tuner (several calls captured in
 one graph, replayed, no flush): it measures what a decode step sees, where weights stay hot in L2.
+
+Unlike ``do_bench``, the GPU is held back by a busy-wait before each batch of timed calls, so the host has
+queued the whole batch before the GPU reaches it. Without that, a kernel shorter than its host-side launch
+(a Triton launch with many arguments takes tens of microseconds of Python, more on a loaded CPU) is timed
+from its start event to its end *including the wait for the host to launch it*. On an H100, M=16 matmuls
+of 40-60 us then read a median 1.16-2.16x slow (up to 3.4x), and configs that run the same program
+disagreed by a median 22-69 %; with the head start, by 0.2-0.8 % (bench/results/launch_bound_h100.json).
 """
 
 from __future__ import annotations
@@ -18,6 +25,9 @@ from tuner.kernel import BenchSettings, CandidateError
 from tuner.types import DeviceProfile, FailureKind
 
 CALLS_PER_GRAPH = 10
+CALLS_PER_BATCH = 100  # a batch's launches stay well inside the driver's queue, so queuing them never blocks
+HEAD_START_MARGIN = 2.0  # busy-wait this many times the host's measured time to queue a batch
+MAX_HEAD_START_S = 0.25  # bounds the idle GPU time a batch can cost when the host estimate is far off
 ENERGY_WINDOW_S = 1.0  # NVML's counter updates about every 100 ms: a 1 s window bounds the error near 10 %
 
 
@@ -43,24 +53,78 @@ def time_gpu(fn: Callable[[], object], device: DeviceProfile, bench: BenchSettin
     if bench.graph:
         return _time_graph(fn, bench)
     flush = _flush_buffer(flush_bytes(device))
-    estimate = _event_times(fn, flush, 3)
-    per_call = max(sorted(estimate)[1], 1e-7)
+    host_s = queue_seconds(fn, flush, 3) / 3
+    times, _ = event_times(fn, flush, 3, head_start_s=HEAD_START_MARGIN * 3 * host_s)
+    per_call = max(sorted(times)[1], 1e-7)
     n = min(max(bench.repeats, math.ceil(bench.target_s / per_call)), bench.max_repeats)
-    return _event_times(fn, flush, n)
+    head_start = HEAD_START_MARGIN * min(n, CALLS_PER_BATCH) * host_s
+    times, starved = event_times(fn, flush, n, head_start_s=head_start)
+    if starved:  # the host was slower than measured (a loaded CPU): once more with a longer head start
+        times, _ = event_times(fn, flush, n, head_start_s=4 * head_start)
+    return times
 
 
-def _event_times(fn: Callable[[], object], flush, n: int) -> tuple[float, ...]:  # noqa: ANN001
+def queue_seconds(fn: Callable[[], object], flush, n: int) -> float:  # noqa: ANN001
+    """Host seconds to queue ``n`` flushed, event-timed calls (the GPU's time is not in it)."""
     import torch
 
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+    torch.cuda.synchronize()
+    events = [torch.cuda.Event(enable_timing=True) for _ in range(2 * n)]
+    start = time.perf_counter()
     for i in range(n):
         flush.zero_()
-        starts[i].record()
+        events[2 * i].record()
         fn()
-        ends[i].record()
+        events[2 * i + 1].record()
+    elapsed = time.perf_counter() - start
     torch.cuda.synchronize()
-    return tuple(s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends, strict=True))
+    return elapsed
+
+
+def event_times(fn: Callable[[], object], flush, n: int, *, head_start_s: float) -> tuple[tuple[float, ...], bool]:  # noqa: ANN001
+    """(seconds of each of ``n`` calls, whether the GPU may have waited for the host inside a timed call).
+
+    Each batch of calls is queued behind a busy-wait of ``head_start_s`` (0: none, as ``do_bench``); the
+    wait lies between timed calls, never inside one. A batch whose busy-wait was already over when the
+    host finished queuing it may have let the GPU catch up with the host: that is the second value.
+    """
+    import torch
+
+    cycles_per_s = _sleep_cycles_per_second()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+    starved = False
+    for first in range(0, n, CALLS_PER_BATCH):
+        waited = None
+        if head_start_s > 0:
+            torch.cuda._sleep(int(min(head_start_s, MAX_HEAD_START_S) * cycles_per_s))
+            waited = torch.cuda.Event()
+            waited.record()
+        for i in range(first, min(first + CALLS_PER_BATCH, n)):
+            flush.zero_()
+            starts[i].record()
+            fn()
+            ends[i].record()
+        starved = starved or (waited is not None and waited.query())
+    torch.cuda.synchronize()
+    return tuple(s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends, strict=True)), starved
+
+
+@cache
+def _sleep_cycles_per_second() -> float:
+    """GPU clock cycles per second of ``torch.cuda._sleep``, measured once per process at the clock the busy
+    GPU runs at (a lower clock later only makes a head start longer, never shorter)."""
+    import torch
+
+    cycles, rates = 10_000_000, []
+    for _ in range(3):  # the fastest of three: the first may start at an idle clock
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        torch.cuda._sleep(cycles)
+        end.record()
+        torch.cuda.synchronize()
+        rates.append(cycles / max(start.elapsed_time(end) / 1e3, 1e-6))
+    return max(rates)
 
 
 def _time_graph(fn: Callable[[], object], bench: BenchSettings) -> tuple[float, ...]:
