@@ -50,6 +50,15 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             state["store"] = open_store(settings)
         return state["store"]
 
+    def celery_app():
+        # from these settings, not the process's environment: a server given its settings must queue its
+        # tickets on the broker they name (worker.app.app reads the environment)
+        if "celery" not in state:
+            from worker.app import make_app
+
+            state["celery"] = make_app(settings)
+        return state["celery"]
+
     def require_token(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
         if settings.api_token is None:
             raise HTTPException(403, "this API accepts no writes: COTUNE_API_TOKEN is not set on the server")
@@ -68,11 +77,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     ) -> dict[str, Any]:
         """Submit a job spec, as JSON or YAML (by Content-Type). 422 names each invalid field."""
         spec = await _parse_spec(request)
-        from worker.app import app as celery_app
         from worker.dispatch import BrokerError, submit
 
         try:
-            job_id = submit(spec, celery_app, store(), settings, hardware)
+            job_id = submit(spec, celery_app(), store(), settings, hardware)
         except SpecError as exc:
             raise HTTPException(422, [{"loc": ["body"], "msg": str(exc), "type": "value_error"}]) from None
         except BrokerError as exc:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import time
 
 import pytest
+import redis
 from fastapi.testclient import TestClient
 
 from tests.service.conftest import noop_spec
 from tuner.api import create_app
+from tuner.device import CPU_KIND, queue_name
 from tuner.settings import ServiceSettings
 
 
@@ -71,8 +73,13 @@ def test_round_trip_submit_best_export(service, client):
 
 
 def test_cancel_drops_pending_trials(service, client):
+    broker = redis.Redis.from_url(service.env["COTUNE_BROKER_URL"])
+    queue = queue_name(CPU_KIND)
+    queued = broker.llen(queue)
     r = client.post("/jobs", content=noop_spec("api-cancel", trials=5, sleep_ms=1), headers={**AUTH, **YAML})
     job = r.json()["id"]
+    # the tickets go to the broker of the server's settings (not to whatever the test process's env names)
+    assert broker.llen(queue) - queued == 5
     r = client.delete(f"/jobs/{job}", headers=AUTH)  # no worker is running: every trial is still pending
     assert r.status_code == 200 and r.json()["state"] == "cancelled"
     assert r.json()["trials"]["pending"] == 0 and r.json()["trials"]["skipped"] == 5
