@@ -219,6 +219,8 @@ class JobStore:
         if trial_number is not None:
             values["trial_number"] = trial_number
         with self.engine.begin() as c:
+            if claim.kind is TicketKind.TRIAL:
+                self._lock_finalize(c, claim.job_id, claim.study)
             held = c.execute(tickets.update().where(*self._held(claim)).values(**values)).rowcount
             if held and claim.kind is TicketKind.TRIAL:
                 return self._release_finalize(c, claim.job_id, claim.study)
@@ -252,7 +254,22 @@ class JobStore:
     def release_finalize(self, job_id: str, study: str) -> int | None:
         """Once no trial ticket of the study is open, release its finalize ticket (exactly once)."""
         with self.engine.begin() as c:
+            self._lock_finalize(c, job_id, study)
             return self._release_finalize(c, job_id, study)
+
+    def _lock_finalize(self, c, job_id: str, study: str) -> None:
+        """Take the study's finalize ticket's row lock until the transaction ends.
+
+        Whoever closes one of the study's trial tickets takes it before looking for open ones. Without it,
+        two workers finishing the last two trials at once (READ COMMITTED) each see the other's ticket still
+        open, neither releases the finalize ticket, and the job stays running for ever. With it, the second
+        waits for the first to commit and then sees its ticket closed.
+        """
+        c.execute(
+            sa.select(tickets.c.id)
+            .where(tickets.c.job_id == job_id, tickets.c.study == study, tickets.c.kind == TicketKind.FINALIZE.value)
+            .with_for_update()
+        ).all()
 
     def _release_finalize(self, c, job_id: str, study: str) -> int | None:
         open_trials = (

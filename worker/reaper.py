@@ -6,7 +6,9 @@ Every ``reap_interval_s``, for each active job on a queue this worker serves:
    unless it had already finished on its own, in which case the ticket counts as done;
 2. RUNNING trials that no live ticket holds and that started more than two leases ago are failed
    (a worker killed between asking a trial and recording it);
-3. if the job's queue is empty but it still has pending tickets that were not sent recently, their
+3. a study whose trial tickets are all closed but whose finalize ticket was never released (a job left
+   so by a version before the store serialised that release) gets it released;
+4. if the job's queue is empty but it still has pending tickets that were not sent recently, their
    messages are gone (Redis restarted empty, or a killed worker held them) and they are sent again.
    A ticket delivered twice is harmless: only one delivery can claim it.
 
@@ -24,7 +26,6 @@ from celery import Celery
 
 from tuner.device import queue_name
 from tuner.driver import TRIAL_ATTR, counted, fail_lost_trial
-from tuner.job_tables import TicketKind
 from tuner.jobs import JobStore
 from tuner.settings import ServiceSettings
 from tuner.storage import open_storage
@@ -53,7 +54,10 @@ class Reaper:
     def reap_once(self) -> None:
         for job in self.store.active_jobs():
             if queue_name(job["hardware"]) in self.queues:
-                self._reap_job(job)
+                try:
+                    self._reap_job(job)
+                except Exception:  # one broken job (its study deleted by hand, say) must not stall the others
+                    log.warning("reaping %s failed", job["id"], exc_info=True)
 
     def _reap_job(self, job: dict) -> None:
         import optuna
@@ -77,8 +81,6 @@ class Reaper:
                 job_id,
                 "its trial had finished" if outcome else "re-queued",
             )
-            if outcome and expired.kind is TicketKind.TRIAL:
-                self._release_finalize(job, expired.study)
 
         live = self.store.live_trials(job_id)
         cutoff = dt.datetime.now() - dt.timedelta(seconds=2 * self.settings.lease_s)  # Optuna's naive local time
@@ -86,6 +88,9 @@ class Reaper:
             for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
                 if (name, t.number) not in live and t.datetime_start is not None and t.datetime_start < cutoff:
                     fail_lost_trial(study, t.number, "RUNNING with no live worker holding it")
+
+        for name in studies:  # after a settled ticket, or left unreleased by an older version
+            self._release_finalize(job, name)
 
         grace = max(10.0, 3 * self.settings.reap_interval_s)
         stale = self.store.stale_pending(job_id, grace)

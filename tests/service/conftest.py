@@ -44,9 +44,9 @@ def pg_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory) -> Iterator[str]:
+def mlflow_server(tmp_path_factory) -> Iterator[MlflowServer]:
     server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
-    yield server.url
+    yield server
     server.stop()
 
 
@@ -56,13 +56,13 @@ def service(tmp_path, redis_server, pg_url, mlflow_server) -> Iterator[Service]:
         **os.environ,
         "COTUNE_STORAGE": pg_url,
         "COTUNE_BROKER_URL": redis_server.url,
-        "MLFLOW_TRACKING_URI": mlflow_server,
+        "MLFLOW_TRACKING_URI": mlflow_server.url,
         "COTUNE_LEASE_S": "3",
         "COTUNE_REAP_INTERVAL_S": "1",
         "COTUNE_API_TOKEN": "test-token",
         "PYTHONUNBUFFERED": "1",
     }
-    svc = Service(env, tmp_path, redis_server)
+    svc = Service(env, tmp_path, redis_server, mlflow_log=mlflow_server.root / "server.log")
     yield svc
     svc.stop()
 

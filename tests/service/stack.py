@@ -126,6 +126,7 @@ class Service:
     workdir: Path
     redis: RedisServer
     workers: list[subprocess.Popen] = field(default_factory=list)
+    mlflow_log: Path | None = None
 
     def start_worker(self, name: str) -> subprocess.Popen:
         log = open(self.workdir / f"{name}.log", "w")
@@ -148,6 +149,24 @@ class Service:
         return subprocess.run(
             [sys.executable, "-m", "tuner.cli", *args], env=self.env, capture_output=True, text=True, timeout=timeout
         )
+
+    def diagnosis(self, job: str, lines: int = 40) -> str:
+        """What a failed service test needs to be understood from CI output alone: the job's tickets and
+        the tail of every worker's log and of the MLflow server's."""
+        import sqlalchemy as sa
+
+        from tuner.job_tables import tickets
+        from tuner.jobs import JobStore
+
+        out = [f"tickets of {job}:"]
+        with JobStore(self.env["COTUNE_STORAGE"]).engine.connect() as c:
+            rows = c.execute(sa.select(tickets).where(tickets.c.job_id == job).order_by(tickets.c.id)).mappings()
+            out += [f"  {dict(r)}" for r in rows]
+        logs = sorted(self.workdir.glob("*.log")) + ([self.mlflow_log] if self.mlflow_log else [])
+        for log in logs:
+            out.append(f"--- last {lines} lines of {log.name}:")
+            out += log.read_text(errors="replace").splitlines()[-lines:]
+        return "\n".join(out)
 
     def stop(self) -> None:
         for proc in self.workers:

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 from tests.service.conftest import noop_spec
 from tests.service.stack import wait_for
 from tuner.driver import TRIAL_ATTR, counted
-from tuner.job_tables import tickets
+from tuner.job_tables import TicketKind, TicketState, tickets
 from tuner.jobs import JobStore
 from tuner.storage import open_storage
 
@@ -30,7 +30,7 @@ def submit(service, tmp_path, text: str) -> str:
 def wait_job(service, job: str) -> dict:
     done = service.cli("wait", job, "--timeout", str(WAIT), "--interval", "0.5", timeout=WAIT + 30)
     record = json.loads(service.cli("status", job, "--json").stdout)
-    assert done.returncode == 0, (done.stdout, done.stderr, record)
+    assert done.returncode == 0, f"{done.stdout}{done.stderr}\n{json.dumps(record['trials'])}\n{service.diagnosis(job)}"
     return record
 
 
@@ -120,6 +120,27 @@ def test_kill_9_of_a_worker_mid_trial_loses_and_doubles_nothing(service, tmp_pat
     lost = [t for t in trials if t.user_attrs.get(TRIAL_ATTR, {}).get("failure_kind") == "worker_lost"]
     assert len(lost) >= 1 and all(t.state is TrialState.FAIL for t in lost)
     assert store.job(job)["state"] == "succeeded"
+
+
+def test_a_reaper_finishes_a_job_whose_finalize_ticket_was_never_released(service, tmp_path):
+    """A job left so by a version whose store could lose that release (two last trials finishing at once):
+    every trial ticket done, the finalize ticket pending and unreleased. A live worker's reaper mends it,
+    even with a broken job beside it (its Optuna study gone) that the reaper cannot read."""
+    store = JobStore(service.env["COTUNE_STORAGE"])
+    broken, _ = store.create_job("broken", "cpu", {}, None, [("no-such-study", {"n": 1}, 1, None)], None)
+    job = submit(service, tmp_path, noop_spec("unreleased", trials=1, sleep_ms=1))
+    with store.engine.begin() as c:
+        c.execute(
+            tickets.update()
+            .where(tickets.c.job_id == job, tickets.c.kind == TicketKind.TRIAL.value)
+            .values(state=TicketState.DONE.value, outcome="ok")
+        )
+    service.start_worker("mender")
+    record = wait_job(service, job)
+    assert record["state"] == "succeeded"
+    (finalize,) = [t for t in job_tickets(service, job) if t["kind"] == TicketKind.FINALIZE.value]
+    assert finalize["state"] == TicketState.DONE.value and finalize["worker"].startswith("mender@")
+    store.cancel(broken)
 
 
 def test_redis_restart_mid_job(service, tmp_path):
