@@ -15,6 +15,8 @@ cotune's sampler names, or one of them with:
 - ``+winner=N``: evaluate first the best config such a search found on the first sibling
   (``transfer: winner``); ``+study=N``: both (``transfer: true``, the default);
 - ``+patience=N``: stop after N evaluations without a 1 % gain;
+- ``+programs``: measure each program once, as a study does (``Kernel.program_key``: at M=16 the four
+  GROUP_M values of a Triton matmul config are one program); cotune's own recordings only;
 - ``[n_startup=5]`` and the like: sampler settings;
 
 or ``kt:<strategy>`` for Kernel Tuner's own (bench/kernel_tuner_peer.py).
@@ -57,6 +59,8 @@ def one(args: tuple[str, str, int, int]) -> dict:
         result = ReplayResult(data.optimum, curve)
     else:
         name, options = _parse_strategy(strategy)
+        same_program = "+programs" in name  # measure each program once, as a study does (Kernel.program_key)
+        name = name.replace("+programs", "")
         patience = None
         if "+patience=" in name:
             name, _, n = name.partition("+patience=")
@@ -86,6 +90,7 @@ def one(args: tuple[str, str, int, int]) -> dict:
             priors=priors,
             patience=patience,
             related=related,
+            same_program=same_program,
         )
     curve = result.best_so_far
     ratio = {}

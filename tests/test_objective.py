@@ -68,6 +68,28 @@ def test_duplicates_reuse_the_earlier_result(objective):
     assert again.duplicate_of == 7 and again.measurement == first.measurement
 
 
+def test_a_config_running_a_measured_program_reuses_its_result_without_running(runner, cpu, objective):
+    """Kernel.program_key: configs that run one program are measured once. Here the key ignores the crash
+    hook, so the twin below would crash its child if it ran at all."""
+
+    def ignoring_the_hook() -> TrialObjective:
+        key = lambda c: Config.make({k: v for k, v in c.params if k != "CRASH_ON_PURPOSE"}).key  # noqa: E731
+        return TrialObjective(objective.space, objective.problem, cpu, runner, objective.bench, program_key=key)
+
+    same = ignoring_the_hook()
+    first = same.evaluate(cfg(0))
+    same.remember(3, first)
+    twin = same.evaluate(cfg(1))
+    assert twin.status is TrialStatus.OK and twin.duplicate_of == 3 and twin.config == cfg(1)
+    assert twin.measurement == first.measurement and same.measured == 1
+
+    other = ignoring_the_hook()  # another worker is measuring the program right now
+    other.in_flight = {other.program_key(cfg(0)): 9}
+    waiting = other.screen(cfg(1))
+    assert waiting.status is TrialStatus.PRUNED and waiting.duplicate_of == 9
+    assert waiting.failure.kind is FailureKind.IN_FLIGHT
+
+
 def test_one_slow_call_does_not_make_a_stable_timing_look_noisy():
     from tuner.types import Measurement
 

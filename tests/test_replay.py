@@ -189,3 +189,23 @@ def test_replays_a_cotune_trial_table(tmp_path, cpu):
     assert data.optimum == pytest.approx(min(t.value for t in study.trials if t.value is not None) * 1e3)
     result = replay(data, sampler="random", budget=100, seed=1)
     assert len(result.best_so_far) == outcome.measured and result.best_so_far[-1] == data.optimum
+
+
+def test_same_program_replays_each_program_once_as_a_study_does(tmp_path):
+    """A cotune recording names its kernel and problem, so a replay can measure each program once
+    (Kernel.program_key): at M=16 a Triton matmul's four GROUP_M values are one program, 2,688 configs 672."""
+    from tuner.replay import load_recording
+
+    h100 = Path(__file__).parents[1] / "bench" / "results" / "replay_h100"
+    data = load_recording(h100 / "triton_matmul_fp8_K8192_M16_N8192_nvidia-h100-80gb-hbm3.json.gz")
+    assert (data.kernel, data.problem, data.precision) == ("triton_matmul", {"K": 8192, "M": 16, "N": 8192}, "fp8")
+    program = data.program_key()
+    assert len({program(p) for p in data.records}) == 744
+    run = replay(data, sampler="random", budget=300, seed=3, same_program=True)
+    assert len(run.best_so_far) == len({program(p) for p in run.evaluated}) == len(run.evaluated) == 300
+    assert run.duplicates > 0  # proposed twins of measured programs were given their measurement, not counted
+    plain = replay(data, sampler="random", budget=300, seed=3)
+    assert len({program(p) for p in plain.evaluated}) < 300  # without it, twins cost evaluations
+
+    with pytest.raises(SpecError, match="names no cotune kernel and problem"):
+        replay(load_kernel_tuner_cache(synthetic_cache(tmp_path / "kt.json.gz")), same_program=True)

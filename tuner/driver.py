@@ -127,6 +127,11 @@ class StudySession:
         self.parallel = parallel
         self._distributions = space.distributions()
         feasible = space.feasible_points(problem, device) if space.size <= SPACE_ENUMERATION_LIMIT else None
+        if feasible is not None:  # one config per program: the sampler never proposes a copy of another
+            programs: dict[str, Config] = {}
+            for config in feasible:
+                programs.setdefault(kernel.program_key(problem, config), config)
+            feasible = list(programs.values())
         self._feasible_count = None if feasible is None else len(feasible)
         # the cotune sampler models one objective; Optuna's TPE handles a Pareto front
         sampler_name = "tpe" if spec.objective.multi and spec.sampler.name == "cotune" else spec.sampler.name
@@ -172,7 +177,9 @@ class StudySession:
             if existing.get(key) != value:  # each write is a transaction on a shared storage
                 self.study.set_user_attr(key, value)
         bench = spec.bench.settings(energy=spec.objective.uses_energy)
-        self.objective = TrialObjective(space, problem, device, runner, bench)
+        self.objective = TrialObjective(
+            space, problem, device, runner, bench, program_key=lambda config: kernel.program_key(problem, config)
+        )
         self.precompiler: Precompiler | None = None
         self._ahead: deque = deque()  # trials asked ahead, their configs compiling in the precompiler
         self.refresh()
@@ -193,7 +200,7 @@ class StudySession:
                 if record.get("failure_kind") != FailureKind.WORKER_LOST.value and "duplicate_of" not in record:
                     self.objective.remember(t.number, _result_from_trial(t))
             elif t.state is TrialState.RUNNING and t.params and (asked is None or t.number < asked):
-                in_flight.setdefault(Config.make(t.params).key, t.number)
+                in_flight.setdefault(self.objective.program_key(Config.make(t.params)), t.number)
         self.objective.in_flight = in_flight
 
     def enqueue(self, configs: list[Config]) -> None:

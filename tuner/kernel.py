@@ -89,6 +89,12 @@ class Kernel(ABC):
         does not compile. Kernels that compile nothing ahead keep this no-op."""
         return None
 
+    def program_key(self, problem: Problem, config: Config) -> str:
+        """Equal for configs that run the same program on this problem, so a study measures one of them and
+        gives the others its result instead of spending GPU time and budget on a copy. Default: the config
+        itself. Override only where the kernel's code makes two configs compute identically."""
+        return config.key
+
     @cached_property
     def source_hash(self) -> str:
         h = hashlib.sha256()

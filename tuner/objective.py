@@ -8,6 +8,7 @@ isolated child process; any failure becomes a FAIL result with its reason.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from tuner.isolation import CandidateRunner, Request
@@ -70,20 +71,24 @@ class TrialObjective:
         device: DeviceProfile,
         runner: CandidateRunner,
         bench: BenchSettings,
+        program_key: Callable[[Config], str] | None = None,
     ) -> None:
         self.space = space
         self.problem = problem
         self.device = device
         self.runner = runner
         self.bench = bench
+        # configs with one key run one program (Kernel.program_key): measured once, reused for the rest
+        self.program_key: Callable[[Config], str] = program_key or (lambda config: config.key)
         self._seen: dict[str, tuple[int, TrialResult]] = {}
-        # Configs another worker is measuring right now (service mode), by config key -> trial number.
+        # Programs another worker is measuring right now (service mode), by program key -> trial number.
         self.in_flight: dict[str, int] = {}
 
     def remember(self, number: int, result: TrialResult) -> None:
-        """Record a measured (or failed) config so a repeat proposal reuses it."""
+        """Record a measured (or failed) config so a repeat proposal, or a config running the same program,
+        reuses it."""
         if result.duplicate_of is None and result.status is not TrialStatus.PRUNED:
-            self._seen.setdefault(result.config.key, (number, result))
+            self._seen.setdefault(self.program_key(result.config), (number, result))
 
     @property
     def measured(self) -> int:
@@ -97,12 +102,13 @@ class TrialObjective:
         reason = self.space.violation(config, self.problem, self.device)
         if reason:
             return TrialResult(config, TrialStatus.PRUNED, failure=Failure(FailureKind.INFEASIBLE, reason))
-        if config.key in self._seen:
-            number, prior = self._seen[config.key]
-            return replace(prior, duplicate_of=number, duration_s=0.0)
-        if config.key in self.in_flight:
-            number = self.in_flight[config.key]
-            failure = Failure(FailureKind.IN_FLIGHT, f"trial {number} is measuring this config")
+        program = self.program_key(config)
+        if program in self._seen:
+            number, prior = self._seen[program]
+            return replace(prior, config=config, duplicate_of=number, duration_s=0.0)
+        if program in self.in_flight:
+            number = self.in_flight[program]
+            failure = Failure(FailureKind.IN_FLIGHT, f"trial {number} is measuring this config's program")
             return TrialResult(config, TrialStatus.PRUNED, failure=failure, duplicate_of=number)
         return None
 

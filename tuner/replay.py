@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,6 +41,8 @@ class ReplayData:
     values: dict[str, tuple]
     records: dict[tuple, Record]
     precision: str | None = None  # where the file names it (cotune's own recordings do)
+    kernel: str | None = None  # cotune's own recordings name their kernel and problem too
+    problem: dict | None = None
 
     def top(self, n: int) -> list[dict]:
         """The n fastest recorded configs, as param dicts."""
@@ -48,7 +51,20 @@ class ReplayData:
 
     def subset(self, points: list[tuple]) -> ReplayData:
         """What a study that evaluated only these configs would hold."""
-        return ReplayData(self.name, self.keys, self.values, {p: self.records[p] for p in points}, self.precision)
+        records = {p: self.records[p] for p in points}
+        return ReplayData(self.name, self.keys, self.values, records, self.precision, self.kernel, self.problem)
+
+    def program_key(self) -> Callable[[tuple], str]:
+        """A recorded config's program (Kernel.program_key of the kernel and problem the file names), so a
+        replay can measure each program once as a study does; each config its own where the file names none."""
+        if self.kernel is None or self.problem is None:
+            raise SpecError(f"{self.name}: names no cotune kernel and problem, so its configs' programs are unknown")
+        from tuner.registry import get_kernel
+        from tuner.types import Config, Problem
+
+        kernel = get_kernel(self.kernel)
+        problem = Problem.make(self.kernel, self.problem, self.precision or "fp32")
+        return lambda point: kernel.program_key(problem, Config.make(dict(zip(self.keys, point, strict=True))))
 
     def distributions(self) -> dict[str, CategoricalDistribution]:
         """The search space as Optuna sees it: every param categorical over its recorded values."""
@@ -109,7 +125,9 @@ def load_kernel_tuner_cache(path: Path, data: object = None) -> ReplayData:
             records[point] = Record(float(t), None, cost)
     if not any(r.time_ms is not None for r in records.values()):
         raise SpecError(f"{path}: the cache holds no successful measurement")
-    return ReplayData(path.name, keys, values, records, data.get("precision"))
+    problem = data.get("problem")  # a dict of shape dims in cotune's recordings only (Kernel Tuner's has none)
+    kernel = data.get("kernel_name") if isinstance(problem, dict) else None
+    return ReplayData(path.name, keys, values, records, data.get("precision"), kernel, problem if kernel else None)
 
 
 # T4's "timeunit" names the unit of both the measured objective and the tuning times.
@@ -269,23 +287,31 @@ def replay(
     priors: list[dict] | None = None,
     patience: int | None = None,
     related: list[ReplayData] | None = None,
+    same_program: bool = False,
 ) -> ReplayResult:
     """``priors``: configs to evaluate first (winners on another GPU or problem), as ``enqueue_trial`` does
     in a real study; each costs an evaluation like any other, and ones outside this space are skipped.
     ``related``: recordings of the same kernel elsewhere, whose times the ``cotune`` sampler uses as a model
     feature (``sampler.transfer`` in a real study); they cost no evaluations.
-    ``patience``: stop after that many evaluations without a 1 % gain, as ``budget.patience`` does."""
+    ``patience``: stop after that many evaluations without a 1 % gain, as ``budget.patience`` does.
+    ``same_program``: measure each program once, as a study does (``Kernel.program_key``; the recording
+    must name its cotune kernel and problem): a config whose program was measured gets that measurement,
+    costs no evaluation, and the sampler's candidates hold one config per program."""
     import optuna
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     dists = data.distributions()
+    program: Callable[[tuple], object] = data.program_key() if same_program else (lambda point: point)
+    programs: dict[object, tuple] = {}
+    for point in data.records:
+        programs.setdefault(program(point), point)
     study = optuna.create_study(
         direction="minimize",
         sampler=make_sampler(
             sampler,
             seed,
-            candidates=data.candidates(),
+            candidates=[dict(zip(data.keys, point, strict=True)) for point in programs.values()],
             distributions=dists,
             options=sampler_options,
             related=[other.trials() for other in related or []],
@@ -296,10 +322,10 @@ def replay(
             study.enqueue_trial({k: prior[k] for k in data.keys}, skip_if_exists=True)
     result = ReplayResult(data.optimum)
     stall = StallDetector(patience) if patience else None
-    seen: dict[tuple, Record] = {}  # insertion order is evaluation order
+    seen: dict[object, Record] = {}  # by program
     best: float | None = None
     idle = 0
-    budget = min(budget, len(data.records))
+    budget = min(budget, len(programs))
     while len(result.best_so_far) < budget and idle < MAX_IDLE_PROPOSALS:
         if wall_time_s is not None and result.simulated_time_s >= wall_time_s:
             break
@@ -312,12 +338,14 @@ def replay(
             result.pruned += 1
             idle += 1
             continue
-        duplicate = point in seen
+        duplicate = program(point) in seen
         if duplicate:
+            record = seen[program(point)]
             result.duplicates += 1
             idle += 1
         else:
-            seen[point] = record
+            seen[program(point)] = record
+            result.evaluated.append(point)
             idle = 0
             result.simulated_time_s += record.cost_s
         if record.time_ms is None:
@@ -333,5 +361,4 @@ def replay(
         result.best_so_far.append(best)
         if stall is not None and stall.update(best):
             break
-    result.evaluated = list(seen)
     return result

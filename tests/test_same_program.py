@@ -1,0 +1,56 @@
+"""Configs that run one program (Kernel.program_key) cost one measurement and one unit of budget."""
+
+from __future__ import annotations
+
+from kernels.noop import Noop
+from kernels.triton_matmul import TritonMatmul
+from tuner.driver import TRIAL_ATTR, StudySession, counted
+from tuner.isolation import CandidateRunner
+from tuner.spec import parse_spec
+from tuner.storage import open_storage
+from tuner.tracker import NullTracker
+from tuner.types import Config, Problem
+
+SPEC = "name: twins\nkernel: noop\nproblems: [{sleep_ms: 1}]\nbudget: {trials: 40}\nbench: {warmup: 0, repeats: 1}\n"
+
+
+class NoopIgnoringY(Noop):
+    """The noop kernel, declaring that y changes nothing: its 21 x 16 configs are 21 programs."""
+
+    def program_key(self, problem: Problem, config: Config) -> str:
+        return Config.make({**config.values, "y": 0}).key
+
+
+def test_a_study_measures_each_program_once_and_counts_programs_against_its_budget(tmp_path, cpu):
+    spec = parse_spec(SPEC)
+    kernel = NoopIgnoringY()
+    (problem,) = spec.expand()
+    storage = open_storage(f"sqlite:///{tmp_path}/studies.db")
+    with CandidateRunner() as runner:
+        session = StudySession(spec, kernel, kernel.space(), problem, cpu, storage, runner, NullTracker(), "s")
+        assert session.feasible_budget() == 21  # 40 asked, but there are only 21 programs
+        session.enqueue([Config.make({"x": 8, "y": 5})])
+        session.study.enqueue_trial({"x": 8, "y": 9})  # a twin of the first, as a transfer or seed might be
+        while session.objective.measured < session.feasible_budget():
+            assert session.step_until_measured() is not None
+    trials = session.study.get_trials(deepcopy=False)
+    measured = [t for t in trials if counted(t)]
+    assert sorted(t.params["x"] for t in measured) == [2**e for e in range(21)]
+    twin = trials[1]
+    assert twin.params == {"x": 8, "y": 9} and twin.user_attrs[TRIAL_ATTR]["duplicate_of"] == 0
+    assert twin.value == trials[0].value  # the sampler learns the twin's time without a measurement
+
+
+def test_triton_matmul_programs_follow_the_grid_rows() -> None:
+    """GROUP_M at or above ceil(M / BLOCK_M) gives one program order; below it, each value is its own."""
+    kernel = TritonMatmul()
+    base = {"BLOCK_N": 64, "BLOCK_K": 64, "SPLIT_K": 1, "num_warps": 4, "num_stages": 3}
+
+    def programs(m: int, block_m: int) -> int:
+        problem = Problem.make("triton_matmul", {"M": m, "N": 4096, "K": 4096}, "bf16")
+        configs = [Config.make({**base, "BLOCK_M": block_m, "GROUP_M": g}) for g in (1, 4, 8, 16)]
+        return len({kernel.program_key(problem, c) for c in configs})
+
+    assert programs(16, 16) == 1  # a decode batch: one row of programs
+    assert programs(128, 32) == 2  # four rows: GROUP_M=1, and 4/8/16 alike
+    assert programs(4096, 64) == 4  # 64 rows: every GROUP_M is its own order
