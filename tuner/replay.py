@@ -338,13 +338,14 @@ def replay(
             result.pruned += 1
             idle += 1
             continue
-        duplicate = program(point) in seen
+        key = program(point)
+        duplicate = key in seen
         if duplicate:
-            record = seen[program(point)]
+            record = seen[key]
             result.duplicates += 1
             idle += 1
         else:
-            seen[program(point)] = record
+            seen[key] = record
             result.evaluated.append(point)
             idle = 0
             result.simulated_time_s += record.cost_s

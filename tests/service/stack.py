@@ -150,18 +150,21 @@ class Service:
             [sys.executable, "-m", "tuner.cli", *args], env=self.env, capture_output=True, text=True, timeout=timeout
         )
 
-    def diagnosis(self, job: str, lines: int = 40) -> str:
-        """What a failed service test needs to be understood from CI output alone: the job's tickets and
-        the tail of every worker's log and of the MLflow server's."""
+    def tickets(self, job: str) -> list[dict]:
+        """The job's ticket rows, in the order they were made."""
         import sqlalchemy as sa
 
         from tuner.job_tables import tickets
         from tuner.jobs import JobStore
 
-        out = [f"tickets of {job}:"]
         with JobStore(self.env["COTUNE_STORAGE"]).engine.connect() as c:
-            rows = c.execute(sa.select(tickets).where(tickets.c.job_id == job).order_by(tickets.c.id)).mappings()
-            out += [f"  {dict(r)}" for r in rows]
+            q = sa.select(tickets).where(tickets.c.job_id == job).order_by(tickets.c.id)
+            return [dict(r) for r in c.execute(q).mappings()]
+
+    def diagnosis(self, job: str, lines: int = 40) -> str:
+        """What a failed service test needs to be understood from CI output alone: the job's tickets and
+        the tail of every worker's log and of the MLflow server's."""
+        out = [f"tickets of {job}:", *(f"  {t}" for t in self.tickets(job))]
         logs = sorted(self.workdir.glob("*.log")) + ([self.mlflow_log] if self.mlflow_log else [])
         for log in logs:
             out.append(f"--- last {lines} lines of {log.name}:")

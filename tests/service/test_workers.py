@@ -7,7 +7,6 @@ import json
 import time
 
 import optuna
-import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from tests.service.conftest import noop_spec
@@ -34,12 +33,6 @@ def wait_job(service, job: str) -> dict:
     return record
 
 
-def job_tickets(service, job: str) -> list[dict]:
-    store = JobStore(service.env["COTUNE_STORAGE"])
-    with store.engine.connect() as c:
-        return [dict(r) for r in c.execute(sa.select(tickets).where(tickets.c.job_id == job)).mappings()]
-
-
 def study_trials(service, record: dict) -> list:
     (study,) = record["studies"]
     loaded = optuna.load_study(study_name=study["name"], storage=open_storage(service.env["COTUNE_STORAGE"]))
@@ -53,7 +46,7 @@ def assert_exactly_once(service, record: dict, job: str, requested: int) -> list
     assert len(measured) == requested
     configs = [tuple(sorted(t.params.items())) for t in measured]
     assert len(set(configs)) == requested, "a config was measured twice"
-    trial_tickets = [t for t in job_tickets(service, job) if t["kind"] == "trial"]
+    trial_tickets = [t for t in service.tickets(job) if t["kind"] == "trial"]
     assert all(t["state"] == "done" for t in trial_tickets)
     numbers = [t["trial_number"] for t in trial_tickets]
     assert sorted(numbers) == sorted(t.number for t in measured), "tickets and counted trials disagree"
@@ -68,7 +61,7 @@ def test_two_workers_share_a_job(service, tmp_path):
     assert record["state"] == "succeeded"
     assert record["trials"] == {"requested": 10, "finished": 10, "failed": 0, "running": 0, "pending": 0, "skipped": 0}
     assert_exactly_once(service, record, job, 10)
-    workers = {t["worker"].split("@")[0] for t in job_tickets(service, job) if t["kind"] == "trial"}
+    workers = {t["worker"].split("@")[0] for t in service.tickets(job) if t["kind"] == "trial"}
     assert workers == {"a", "b"}
 
     # All trials sit under the study's one MLflow parent run, whichever worker ran them.
@@ -103,7 +96,7 @@ def test_kill_9_of_a_worker_mid_trial_loses_and_doubles_nothing(service, tmp_pat
     def victim_measuring():
         return [
             t
-            for t in job_tickets(service, job)
+            for t in service.tickets(job)
             if t["state"] == "claimed" and t["trial_number"] is not None and (t["worker"] or "").startswith("victim@")
         ]
 
@@ -138,7 +131,7 @@ def test_a_reaper_finishes_a_job_whose_finalize_ticket_was_never_released(servic
     service.start_worker("mender")
     record = wait_job(service, job)
     assert record["state"] == "succeeded"
-    (finalize,) = [t for t in job_tickets(service, job) if t["kind"] == TicketKind.FINALIZE.value]
+    (finalize,) = [t for t in service.tickets(job) if t["kind"] == TicketKind.FINALIZE.value]
     assert finalize["state"] == TicketState.DONE.value and finalize["worker"].startswith("mender@")
     store.cancel(broken)
 
@@ -146,7 +139,7 @@ def test_a_reaper_finishes_a_job_whose_finalize_ticket_was_never_released(servic
 def test_redis_restart_mid_job(service, tmp_path):
     service.start_worker("steady")
     job = submit(service, tmp_path, noop_spec("redis-restart", trials=8, sleep_ms=300))
-    wait_for(lambda: sum(t["state"] == "done" for t in job_tickets(service, job)) >= 2, 60, "two trials to finish")
+    wait_for(lambda: sum(t["state"] == "done" for t in service.tickets(job)) >= 2, 60, "two trials to finish")
     service.redis.kill()  # every queued message is gone: this Redis keeps nothing on disk
     time.sleep(2)
     service.redis.start()
