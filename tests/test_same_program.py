@@ -21,13 +21,18 @@ class NoopIgnoringY(Noop):
         return Config.make({**config.values, "y": 0}).key
 
 
-def test_a_study_measures_each_program_once_and_counts_programs_against_its_budget(tmp_path, cpu):
+def _session(tmp_path, cpu, runner: CandidateRunner) -> StudySession:
+    """A study of NoopIgnoringY under SPEC, on SQLite in tmp_path."""
     spec = parse_spec(SPEC)
     kernel = NoopIgnoringY()
     (problem,) = spec.expand()
     storage = open_storage(f"sqlite:///{tmp_path}/studies.db")
+    return StudySession(spec, kernel, kernel.space(), problem, cpu, storage, runner, NullTracker(), "s")
+
+
+def test_a_study_measures_each_program_once_and_counts_programs_against_its_budget(tmp_path, cpu):
     with CandidateRunner() as runner:
-        session = StudySession(spec, kernel, kernel.space(), problem, cpu, storage, runner, NullTracker(), "s")
+        session = _session(tmp_path, cpu, runner)
         assert session.feasible_budget() == 21  # 40 asked, but there are only 21 programs
         session.enqueue([Config.make({"x": 8, "y": 5})])
         session.study.enqueue_trial({"x": 8, "y": 9})  # a twin of the first, as a transfer or seed might be
@@ -39,6 +44,18 @@ def test_a_study_measures_each_program_once_and_counts_programs_against_its_budg
     twin = trials[1]
     assert twin.params == {"x": 8, "y": 9} and twin.user_attrs[TRIAL_ATTR]["duplicate_of"] == 0
     assert twin.value == trials[0].value  # the sampler learns the twin's time without a measurement
+
+
+def test_a_step_past_the_last_program_ends_at_once(tmp_path, cpu):
+    """A service ticket beyond the space's program count gets "exhausted" after one repeat, not after
+    MAX_IDLE_PROPOSALS repeats each stored in the study."""
+    with CandidateRunner() as runner:
+        session = _session(tmp_path, cpu, runner)
+        for _ in range(21):
+            assert session.step_until_measured() is not None
+        asked = len(session.study.get_trials(deepcopy=False))
+        assert session.step_until_measured() is None
+        assert len(session.study.get_trials(deepcopy=False)) == asked + 1
 
 
 def test_triton_matmul_programs_follow_the_grid_rows() -> None:

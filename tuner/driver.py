@@ -132,7 +132,7 @@ class StudySession:
             for config in feasible:
                 programs.setdefault(kernel.program_key(problem, config), config)
             feasible = list(programs.values())
-        self._feasible_count = None if feasible is None else len(feasible)
+        self._programs: set[str] | None = None if feasible is None else set(programs)
         # the cotune sampler models one objective; Optuna's TPE handles a Pareto front
         sampler_name = "tpe" if spec.objective.multi and spec.sampler.name == "cotune" else spec.sampler.name
         related = []
@@ -220,8 +220,8 @@ class StudySession:
 
     def feasible_budget(self) -> int | None:
         budget = self.spec.budget.trials
-        if self._feasible_count is not None:
-            budget = min(budget, self._feasible_count) if budget else self._feasible_count
+        if self._programs is not None:
+            budget = min(budget, len(self._programs)) if budget else len(self._programs)
         return budget
 
     def step(self, on_measure: Callable[[int], None] | None = None) -> TrialResult:
@@ -287,7 +287,14 @@ class StudySession:
             result = self.step(on_measure)
             if not _idle(result):
                 return result
+            if self.exhausted():
+                return None
         return None
+
+    def exhausted(self) -> bool:
+        """Every feasible program is measured, failed or being measured, so no ask can measure a new one.
+        Without it a ticket past the space's size would ask (and store) up to MAX_IDLE_PROPOSALS repeats."""
+        return self._programs is not None and self._programs <= self.objective.accounted()
 
     def finish(self) -> BestLog | None:
         if self.spec.objective.multi:
@@ -391,6 +398,8 @@ def _search(session: StudySession, on_progress) -> None:
             break
         result = session.step()
         idle = idle + 1 if _idle(result) else 0
+        if idle and session.exhausted():
+            break
         if stall is not None and not _idle(result) and stall.update(_best_value(session.study)):
             break
         if on_progress:

@@ -94,6 +94,10 @@ class TrialObjective:
     def measured(self) -> int:
         return len(self._seen)
 
+    def accounted(self) -> set[str]:
+        """Programs measured, failed or being measured: no new ask can measure one of these."""
+        return self._seen.keys() | self.in_flight.keys()
+
     def evaluate(self, config: Config) -> TrialResult:
         return self.screen(config) or self.measure(config, self.bench)
 
