@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tuner.errors import SpecError
-from tuner.replay import load_kernel_tuner_cache, replay
+from tuner.replay import load_kernel_tuner_cache, load_recording, replay
 
 DATA = Path(__file__).parent / "data"
 FIXTURE = DATA / "vector_add_time_energy_RTX_4000_Ada.json"
@@ -194,8 +194,6 @@ def test_replays_a_cotune_trial_table(tmp_path, cpu):
 def test_same_program_replays_each_program_once_as_a_study_does(tmp_path):
     """A cotune recording names its kernel and problem, so a replay can measure each program once
     (Kernel.program_key): at M=16 a Triton matmul's four GROUP_M values are one program, 2,688 configs 672."""
-    from tuner.replay import load_recording
-
     h100 = Path(__file__).parents[1] / "bench" / "results" / "replay_h100"
     data = load_recording(h100 / "triton_matmul_fp8_K8192_M16_N8192_nvidia-h100-80gb-hbm3.json.gz")
     assert (data.kernel, data.problem, data.precision) == ("triton_matmul", {"K": 8192, "M": 16, "N": 8192}, "fp8")
@@ -209,3 +207,24 @@ def test_same_program_replays_each_program_once_as_a_study_does(tmp_path):
 
     with pytest.raises(SpecError, match="names no cotune kernel and problem"):
         replay(load_kernel_tuner_cache(synthetic_cache(tmp_path / "kt.json.gz")), same_program=True)
+
+
+def test_the_cli_replays_a_cotune_recording_as_a_study_would(tmp_path):
+    """``cotune replay`` measures each program once where the file names its kernel (``--configs`` turns it
+    off), and refuses ``--programs`` on a file that names none."""
+    h100 = Path(__file__).parents[1] / "bench" / "results" / "replay_h100"
+    path = h100 / "triton_matmul_fp8_K8192_M16_N8192_nvidia-h100-80gb-hbm3.json.gz"
+    data = load_recording(path)
+    program = data.program_key()
+    base = [sys.executable, "-m", "tuner.cli", "replay", str(path), "--sampler", "random", "--budget", "300"]
+    runs = {}
+    for flag in ("", "--configs"):
+        proc = subprocess.run([*base, "--seed", "3", "--json", *filter(None, [flag])], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        runs[flag] = json.loads(proc.stdout)
+    assert runs[""]["best_so_far"] == replay(data, sampler="random", budget=300, seed=3, same_program=True).best_so_far
+    assert runs["--configs"]["best_so_far"] == replay(data, sampler="random", budget=300, seed=3).best_so_far
+    assert len({program(p) for p in data.records}) == 744  # so 300 programs exist to measure
+    kt = synthetic_cache(tmp_path / "kt.json.gz")
+    proc = subprocess.run([*base[:4], str(kt), "--programs"], capture_output=True, text=True)
+    assert proc.returncode == 1 and "names no cotune kernel and problem" in proc.stderr

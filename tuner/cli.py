@@ -276,6 +276,14 @@ def replay(
         list[Path] | None,
         typer.Option(help="a recording of the same kernel elsewhere (another GPU), which the cotune sampler models"),
     ] = None,
+    programs: Annotated[
+        bool | None,
+        typer.Option(
+            "--programs/--configs",
+            help="measure each program once, as a study does (default where the file names its cotune kernel "
+            "and problem), or every config as its own evaluation",
+        ),
+    ] = None,
 ) -> None:
     """Replay a recording through the search, running no kernel: a Kernel Tuner brute-force cache, a T4
     results file, or a cotune trial table (trials.csv from a study's MLflow parent run)."""
@@ -284,14 +292,24 @@ def replay(
 
     data = load_recording(file)
     others = [load_recording(path) for path in related or []]
-    result = run_replay(data, sampler=sampler, budget=budget, seed=seed, wall_time_s=wall_time_s, related=others)
+    same_program = data.knows_programs if programs is None else programs
+    result = run_replay(
+        data,
+        sampler=sampler,
+        budget=budget,
+        seed=seed,
+        wall_time_s=wall_time_s,
+        related=others,
+        same_program=same_program,
+    )
     if as_json:
         print(json.dumps(result.to_json()))
         return
     final = result.best_so_far[-1] if result.best_so_far else None
     out.print(
         f"{data.name}: {len(result.best_so_far)} evaluations ({result.failed} failed, "
-        f"{result.pruned} outside the space, {result.duplicates} repeats), "
+        f"{result.pruned} outside the space, {result.duplicates} repeats"
+        f"{' or configs of a measured program' if same_program else ''}), "
         f"{result.simulated_time_s:.1f} s simulated"
     )
     out.print(f"optimum {data.optimum:.4g} ms, best found {final:.4g} ms" if final else "no success")

@@ -54,9 +54,16 @@ class ReplayData:
         records = {p: self.records[p] for p in points}
         return ReplayData(self.name, self.keys, self.values, records, self.precision, self.kernel, self.problem)
 
+    @property
+    def knows_programs(self) -> bool:
+        """Whether the file names a registered cotune kernel and its problem, so configs map to programs."""
+        from tuner.registry import kernel_names
+
+        return self.kernel is not None and self.problem is not None and self.kernel in kernel_names()
+
     def program_key(self) -> Callable[[tuple], str]:
         """A recorded config's program (Kernel.program_key of the kernel and problem the file names), so a
-        replay can measure each program once as a study does; each config its own where the file names none."""
+        replay can measure each program once as a study does. A file that names none has no programs: SpecError."""
         if self.kernel is None or self.problem is None:
             raise SpecError(f"{self.name}: names no cotune kernel and problem, so its configs' programs are unknown")
         from tuner.registry import get_kernel
