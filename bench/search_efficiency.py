@@ -217,35 +217,50 @@ def main() -> None:
         del r["curve"]  # kept as median curves in the summary; 200 numbers per run would bloat the file
     for s in summary:
         print(json.dumps({k: v for k, v in s.items() if k != "median_curve"}))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "benchmark": "bench/search_efficiency.py",
-                "command": "python " + shlex.join(sys.argv),
-                "date": dt.date.today().isoformat(),
-                "machine": machine(),
-                "summary": summary,
-                "runs": rows,
-            },
-            indent=1,
-        )
-        + "\n"
-    )
+    write_result(args.out, "bench/search_efficiency.py", summary=summary, runs=rows)
+
+
+def write_result(path: Path, benchmark: str, **body: object) -> None:
+    """A benchmark's result file: what ran it, when and where, then its numbers."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    head = {
+        "benchmark": benchmark,
+        "command": "python " + shlex.join(sys.argv),
+        "date": dt.date.today().isoformat(),
+        "machine": machine(),
+    }
+    path.write_text(json.dumps({**head, **body}, indent=1) + "\n")
 
 
 def machine() -> dict:
     """Where a result was measured. The package versions are part of it: the GP's fit is floating point,
     and another numpy, scipy or scikit-learn build can turn a near-tie between two configs the other way,
-    so a seed's run is reproducible on one machine and package set, not across them."""
+    so a seed's run is reproducible on one machine and package set, not across them. The CPU model and the
+    BLAS kernel OpenBLAS picked for it are recorded too: one wheel runs different kernels on different CPUs."""
     from importlib.metadata import version
+
+    import numpy  # noqa: F401  loaded, so that threadpool_info sees the BLAS the model fits run on
+    import scipy.linalg  # noqa: F401
+    from threadpoolctl import threadpool_info
 
     return {
         "python": platform.python_version(),
         "processor": platform.processor() or platform.machine(),
+        "cpu": _cpu_model(),
+        "blas": sorted({f"{i.get('internal_api')} {i.get('architecture')}" for i in threadpool_info()}),
         "cores": os.cpu_count(),
         "packages": {p: version(p) for p in ("numpy", "scipy", "scikit-learn", "optuna")},
     }
+
+
+def _cpu_model() -> str:
+    """'AMD EPYC, family 25 model 17' from /proc/cpuinfo (Linux); the platform's processor name elsewhere."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines()[:30] if ":" in line)
+    except OSError:
+        return platform.processor()
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    return f"{fields.get('model name', '?')}, family {fields.get('cpu family', '?')} model {fields.get('model', '?')}"
 
 
 if __name__ == "__main__":
