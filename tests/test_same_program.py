@@ -58,6 +58,17 @@ def test_a_step_past_the_last_program_ends_at_once(tmp_path, cpu):
         assert len(session.study.get_trials(deepcopy=False)) == asked + 1
 
 
+def test_a_service_study_gets_at_most_one_ticket_per_program(cpu):
+    from worker.dispatch import _study_budget
+
+    kernel = NoopIgnoringY()
+    (problem,) = parse_spec(SPEC).expand()
+    assert _study_budget(40, kernel, kernel.space(), problem, cpu) == 21
+    assert _study_budget(5, kernel, kernel.space(), problem, cpu) == 5
+    # a GPU with no recorded profile: the space's size caps it, and the worker's screen does the rest
+    assert _study_budget(400, kernel, kernel.space(), problem, None) == 336
+
+
 def test_triton_matmul_programs_follow_the_grid_rows() -> None:
     """GROUP_M at or above ceil(M / BLOCK_M) gives one program order; below it, each value is its own."""
     kernel = TritonMatmul()

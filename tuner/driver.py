@@ -89,6 +89,19 @@ def tune_job(
     return outcomes
 
 
+def feasible_programs(
+    kernel: Kernel, space: SearchSpace, problem: Problem, device: DeviceProfile
+) -> dict[str, Config] | None:
+    """The first feasible config of each program (``Kernel.program_key``), by program key; None when the
+    space is too large to enumerate."""
+    if space.size > SPACE_ENUMERATION_LIMIT:
+        return None
+    programs: dict[str, Config] = {}
+    for config in space.feasible_points(problem, device):
+        programs.setdefault(kernel.program_key(problem, config), config)
+    return programs
+
+
 def job_space(spec: JobSpec, kernel: Kernel) -> SearchSpace:
     if spec.search_space:
         return load_space(spec.search_space, predicates=kernel.predicates, shape_dims=kernel.shape_dims)
@@ -126,13 +139,10 @@ class StudySession:
         self.name = name
         self.parallel = parallel
         self._distributions = space.distributions()
-        feasible = space.feasible_points(problem, device) if space.size <= SPACE_ENUMERATION_LIMIT else None
-        if feasible is not None:  # one config per program: the sampler never proposes a copy of another
-            programs: dict[str, Config] = {}
-            for config in feasible:
-                programs.setdefault(kernel.program_key(problem, config), config)
-            feasible = list(programs.values())
-        self._programs: set[str] | None = None if feasible is None else set(programs)
+        programs = feasible_programs(kernel, space, problem, device)
+        # one config per program: the sampler never proposes a copy of another
+        feasible = None if programs is None else list(programs.values())
+        self._programs: set[str] | None = None if programs is None else set(programs)
         # the cotune sampler models one objective; Optuna's TPE handles a Pareto front
         sampler_name = "tpe" if spec.objective.multi and spec.sampler.name == "cotune" else spec.sampler.name
         related = []

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from celery import Celery
 
 from tuner.device import CPU_KIND, cpu_profile, queue_name, recorded_profile
+from tuner.driver import feasible_programs
 from tuner.errors import CotuneError, SpecError, StorageError
 from tuner.jobs import JobStore, new_job_id
 from tuner.kernel import Kernel
@@ -90,15 +91,17 @@ def submit(
     check_broker(app)
     space = kernel.space()
     problems = spec.expand()
-    budget = min(spec.budget.trials, space.size)
+    device = _submit_profile(hardware)
+    budgets = {p.key: _study_budget(spec.budget.trials, kernel, space, p, device) for p in problems}
     mlflow_uri = spec.mlflow_tracking_uri or settings.mlflow_tracking_uri
     job_id_hint = new_job_id()
     run_ids = _open_parent_runs(spec, kernel, space, problems, hardware, mlflow_uri, job_id_hint)
     rows = [
-        (service_study_name(job_id_hint, p.key, hardware), p.to_json(), budget, run_ids.get(p.key)) for p in problems
+        (service_study_name(job_id_hint, p.key, hardware), p.to_json(), budgets[p.key], run_ids.get(p.key))
+        for p in problems
     ]
-    studies = [(r[0], p) for r, p in zip(rows, problems, strict=True)]
-    _create_studies(settings.storage, studies, spec, kernel, space, hardware, budget)
+    studies = [(r[0], p, r[2]) for r, p in zip(rows, problems, strict=True)]
+    _create_studies(settings.storage, studies, spec, kernel, space, device)
     wall = spec.budget.wall_time_s * len(problems) if spec.budget.wall_time_s else None
     job_id, trial_tickets = store.create_job(
         spec.name, hardware, spec.model_dump(mode="json"), mlflow_uri, rows, wall, job_id=job_id_hint
@@ -120,14 +123,24 @@ def _submit_profile(hardware: str) -> DeviceProfile | None:
         return None
 
 
+def _study_budget(
+    trials: int, kernel: Kernel, space: SearchSpace, problem: Problem, device: DeviceProfile | None
+) -> int:
+    """The trial tickets a study gets: what was asked for, at most one per program the hardware's profile
+    admits, as ``cotune tune`` caps its budget, so that no ticket is made only to find the space exhausted.
+    Without a profile (a GPU with none recorded), at most the space's size; the worker's own screen then
+    ends any ticket past the last program after one ask."""
+    programs = None if device is None else feasible_programs(kernel, space, problem, device)
+    return min(trials, space.size if programs is None else max(len(programs), 1))
+
+
 def _create_studies(
     storage_url: str,
-    studies: list[tuple[str, Problem]],
+    studies: list[tuple[str, Problem, int]],
     spec: JobSpec,
     kernel: Kernel,
     space: SearchSpace,
-    hardware: str,
-    budget: int,
+    device: DeviceProfile | None,
 ) -> None:
     """Create the Optuna studies up front, so the reaper and ``status`` find them before any trial runs, with
     what each measures first queued, as in ``cotune tune``: the winners of the nearest finished studies of
@@ -137,8 +150,7 @@ def _create_studies(
     from tuner.objective import directions
 
     storage = open_storage(storage_url)
-    device = _submit_profile(hardware)
-    for name, problem in studies:
+    for name, problem, budget in studies:
         study = optuna.create_study(
             storage=storage, study_name=name, directions=directions(spec.objective), load_if_exists=True
         )

@@ -76,13 +76,15 @@ def test_cancel_drops_pending_trials(service, client):
     broker = redis.Redis.from_url(service.env["COTUNE_BROKER_URL"])
     queue = queue_name(CPU_KIND)
     queued = broker.llen(queue)
-    r = client.post("/jobs", content=noop_spec("api-cancel", trials=5, sleep_ms=1), headers={**AUTH, **YAML})
+    # more trials than the noop space's 21 x 16 configs, each its own program: one ticket per program
+    r = client.post("/jobs", content=noop_spec("api-cancel", trials=500, sleep_ms=1), headers={**AUTH, **YAML})
     job = r.json()["id"]
+    assert r.json()["trials"]["requested"] == 336
     # the tickets go to the broker of the server's settings (not to whatever the test process's env names)
-    assert broker.llen(queue) - queued == 5
+    assert broker.llen(queue) - queued == 336
     r = client.delete(f"/jobs/{job}", headers=AUTH)  # no worker is running: every trial is still pending
     assert r.status_code == 200 and r.json()["state"] == "cancelled"
-    assert r.json()["trials"]["pending"] == 0 and r.json()["trials"]["skipped"] == 5
+    assert r.json()["trials"]["pending"] == 0 and r.json()["trials"]["skipped"] == 336
     service.start_worker("late")  # a worker that now receives the queued messages runs none of them
     time.sleep(3)
     assert client.get(f"/jobs/{job}").json()["trials"]["finished"] == 0
