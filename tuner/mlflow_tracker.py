@@ -3,6 +3,11 @@
 Child runs are written by one background thread, so the tuning loop pays a queue put per trial rather
 than three round trips to the tracking store. The parent run id is returned at once, so it can be
 recorded in the Optuna study before any trial runs.
+
+The Optuna study is the record of truth; MLflow is its review copy. A child run can go missing: the
+tracking server was down when its write ran, or the worker that measured it was killed. Finishing a study
+writes a child run for every finished trial that has none, from what the study holds, tagged
+``cotune.backfilled``.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from tuner.errors import StorageError
 from tuner.tracker import BestLog, StudyInfo, TrialLog
-from tuner.types import TrialStatus
+from tuner.types import Config, FailureKind, Measurement, TrialStatus
 
 if TYPE_CHECKING:
     import optuna
@@ -44,9 +49,16 @@ def open_client(uri: str) -> MlflowClient:
     return client
 
 
+# In the service, the last trials' child runs may still be in another worker's writer thread when the
+# study finishes: a missing run younger than this is waited for before it is written again.
+SHARED_WRITER_GRACE_S = 20.0
+
+
 class MlflowTracker:
-    def __init__(self, tracking_uri: str) -> None:
+    def __init__(self, tracking_uri: str, shared: bool = False) -> None:
+        """``shared``: other processes log trials of the same studies (service workers)."""
         self.uri = tracking_uri
+        self.shared = shared
         self.client = open_client(tracking_uri)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cotune-mlflow")
         self._pending: list[Future[None]] = []
@@ -84,16 +96,19 @@ class MlflowTracker:
     def log_trial(self, trial: TrialLog) -> None:
         self._pending.append(self._pool.submit(self._write_trial, self._parent, trial))
 
-    def _write_trial(self, parent: str, trial: TrialLog) -> None:
+    def _write_trial(self, parent: str, trial: TrialLog, started_ms: int | None = None) -> None:
+        """``started_ms``: the trial's own start, for a run written after the fact (then tagged so)."""
         from mlflow.entities import Metric, Param, RunTag
 
-        now = int(time.time() * 1000)
+        now = started_ms or int(time.time() * 1000)
         tags = {
             "mlflow.parentRunId": parent,
             "mlflow.runName": f"trial-{trial.number}",
             "cotune.trial": str(trial.number),
             "cotune.state": trial.status.value,
         }
+        if started_ms is not None:
+            tags["cotune.backfilled"] = "true"
         if trial.reason:
             tags["cotune.reason"] = trial.reason[:5000]
         if trial.duplicate_of is not None:
@@ -111,13 +126,18 @@ class MlflowTracker:
         except Exception as exc:  # recorded and reported at close; tuning goes on
             self._errors.append(f"trial {trial.number}: {exc}")
 
-    def finish_study(self, best: BestLog | None, study: optuna.Study) -> None:
+    def flush(self) -> None:
+        """Wait until every trial logged so far is written (or its failure recorded)."""
         for f in self._pending:
             f.result()
         self._pending.clear()
+
+    def finish_study(self, best: BestLog | None, study: optuna.Study) -> None:
+        self.flush()
         from mlflow.entities import Metric, Param
 
         parent = self._parent
+        self.backfill(parent, study)
         now = int(time.time() * 1000)
         from optuna.trial import TrialState
 
@@ -154,12 +174,78 @@ class MlflowTracker:
             self.client.log_artifacts(parent, str(out))
         self.client.set_terminated(parent, "FINISHED")
 
+    def backfill(self, parent: str, study: optuna.Study) -> int:
+        """Write a child run for each finished trial of the study that has none under ``parent``; returns
+        how many were written. A failed write is recorded like a trial's and reported at close."""
+        missing = self._missing(parent, study)
+        # a trial failed as lost has no writer left anywhere; any other may still be in one
+        awaited = [_finished_at(t) for t in missing if _failure_kind(t) != FailureKind.WORKER_LOST.value]
+        if self.shared and awaited:
+            wait = SHARED_WRITER_GRACE_S - (time.time() - max(awaited))
+            if wait > 0:
+                time.sleep(wait)
+                missing = self._missing(parent, study)
+        for t in missing:
+            self._write_trial(parent, trial_log(t), started_ms=int(t.datetime_start.timestamp() * 1000))
+        if missing:
+            log.info("MLflow: wrote %d missing trial run(s) of study %s", len(missing), study.study_name)
+        return len(missing)
+
+    def _missing(self, parent: str, study: optuna.Study) -> list:
+        from tuner.driver import TRIAL_ATTR
+
+        logged = set()
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [self._experiment_id],
+                f"tags.`mlflow.parentRunId` = '{parent}'",
+                max_results=1000,
+                page_token=token,
+            )
+            logged.update(r.data.tags.get("cotune.trial") for r in page)
+            token = page.token
+            if not token:
+                break
+        return [
+            t
+            for t in study.get_trials(deepcopy=False)
+            if t.state.is_finished() and TRIAL_ATTR in t.user_attrs and str(t.number) not in logged
+        ]
+
     def close(self) -> None:
-        for f in self._pending:
-            f.result()
+        self.flush()
         self._pool.shutdown(wait=True)
         if self._errors:
             log.warning("MLflow logging failed for %d trial(s): %s", len(self._errors), self._errors[0])
+
+
+def trial_log(t: optuna.trial.FrozenTrial) -> TrialLog:
+    """What a child run shows of a finished trial, from the study's own record of it."""
+    from tuner.driver import TRIAL_ATTR
+
+    record = t.user_attrs[TRIAL_ATTR]
+    measurement = Measurement.from_json(record["measurement"]) if record.get("measurement") else None
+    return TrialLog(
+        t.number,
+        Config.make(t.params),
+        TrialStatus(record["status"]),
+        t.value if t.values is not None and len(t.values) == 1 else None,
+        measurement,
+        record.get("reason"),
+        record.get("duplicate_of"),
+        t.duration.total_seconds() if t.duration else 0.0,
+    )
+
+
+def _failure_kind(t: optuna.trial.FrozenTrial) -> str | None:
+    from tuner.driver import TRIAL_ATTR
+
+    return t.user_attrs[TRIAL_ATTR].get("failure_kind")
+
+
+def _finished_at(t: optuna.trial.FrozenTrial) -> float:
+    return (t.datetime_complete or t.datetime_start).timestamp()
 
 
 def _plots(study: optuna.Study, out: Path) -> None:

@@ -91,7 +91,7 @@ def _tracker(uri: str | None) -> Tracker:
         return NullTracker()
     from tuner.mlflow_tracker import MlflowTracker
 
-    return MlflowTracker(uri)
+    return MlflowTracker(uri, shared=True)
 
 
 class Heartbeat:

@@ -128,6 +128,21 @@ def test_kill_9_of_a_worker_mid_trial_loses_and_doubles_nothing(service, tmp_pat
     assert len(lost) >= 1 and all(t.state is TrialState.FAIL for t in lost), f"{states}\n{service.diagnosis(job)}"
     assert store.job(job)["state"] == "succeeded"
 
+    # MLflow has one child run per trial of the study, the lost ones written when the study finished
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(service.env["MLFLOW_TRACKING_URI"])
+    parent = record["studies"][0]["mlflow_run_id"]
+    exp = client.get_run(parent).info.experiment_id
+    runs = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=1000)
+    assert sorted(int(r.data.tags["cotune.trial"]) for r in runs) == sorted(
+        t.number for t in trials if TRIAL_ATTR in t.user_attrs
+    )
+    backfilled = {int(r.data.tags["cotune.trial"]): r for r in runs if r.data.tags.get("cotune.backfilled")}
+    assert {t.number for t in lost} <= set(backfilled)
+    assert all(backfilled[t.number].data.tags["cotune.state"] == "fail" for t in lost)
+    assert "lease" in backfilled[lost[0].number].data.tags["cotune.reason"]
+
 
 def test_a_reaper_finishes_a_job_whose_finalize_ticket_was_never_released(service, tmp_path):
     """A job left so by a version whose store could lose that release (two last trials finishing at once):
