@@ -38,6 +38,10 @@ _RUN_STATUS = {TrialStatus.OK: "FINISHED", TrialStatus.FAIL: "FAILED", TrialStat
 def open_client(uri: str) -> MlflowClient:
     # Against a tracking server, ending a run otherwise costs an extra GET only to print the run's URL.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # MLflow's own default retries a request to a server that is down for about 4 minutes; a finishing
+    # study would wait that long for each queued trial. Trial runs missed are written at the study's end.
+    for name, value in _HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -49,6 +53,14 @@ def open_client(uri: str) -> MlflowClient:
     return client
 
 
+_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",  # 1 + 2 + 4 s of backoff, then the write fails
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+# After a failed write, trial writes wait this long before the next try; those skipped meanwhile are
+# written when the study finishes.
+RETRY_AFTER_S = 30.0
 # In the service, the last trials' child runs may still be in another worker's writer thread when the
 # study finishes: a missing run younger than this is waited for before it is written again.
 SHARED_WRITER_GRACE_S = 20.0
@@ -65,6 +77,7 @@ class MlflowTracker:
         self._experiment_id: str | None = None
         self._parent: str | None = None
         self._errors: list[str] = []
+        self._down_until = 0.0  # monotonic time before which trial writes are not tried
 
     def start_job(self, job: str) -> None:
         name = f"cotune/{job}"
@@ -96,9 +109,13 @@ class MlflowTracker:
     def log_trial(self, trial: TrialLog) -> None:
         self._pending.append(self._pool.submit(self._write_trial, self._parent, trial))
 
-    def _write_trial(self, parent: str, trial: TrialLog, started_ms: int | None = None) -> None:
-        """``started_ms``: the trial's own start, for a run written after the fact (then tagged so)."""
+    def _write_trial(self, parent: str, trial: TrialLog, started_ms: int | None = None) -> bool:
+        """Whether the run was written. ``started_ms``: the trial's own start, for a run written after the
+        fact (then tagged so)."""
         from mlflow.entities import Metric, Param, RunTag
+
+        if started_ms is None and time.monotonic() < self._down_until:
+            return False  # the server failed a write moments ago: leave this one to the backfill
 
         now = started_ms or int(time.time() * 1000)
         tags = {
@@ -125,6 +142,9 @@ class MlflowTracker:
             self.client.set_terminated(run.info.run_id, _RUN_STATUS[trial.status])
         except Exception as exc:  # recorded and reported at close; tuning goes on
             self._errors.append(f"trial {trial.number}: {exc}")
+            self._down_until = time.monotonic() + RETRY_AFTER_S
+            return False
+        return True
 
     def flush(self) -> None:
         """Wait until every trial logged so far is written (or its failure recorded)."""
@@ -133,7 +153,19 @@ class MlflowTracker:
         self._pending.clear()
 
     def finish_study(self, best: BestLog | None, study: optuna.Study) -> None:
+        """Write what the study's trials miss and the study's summary. MLflow being down fails neither the
+        study nor the job: both are in the Optuna storage, and the failure is logged and reported at close."""
+        from mlflow.exceptions import MlflowException
+
         self.flush()
+        try:
+            self._record_study(best, study)
+        except (MlflowException, OSError) as exc:
+            error = f"study {study.study_name}: {str(exc).splitlines()[0]}"
+            self._errors.append(error)
+            log.warning("MLflow could not record %s; its trials and best config are in the Optuna storage", error)
+
+    def _record_study(self, best: BestLog | None, study: optuna.Study) -> None:
         from mlflow.entities import Metric, Param
 
         parent = self._parent
@@ -185,11 +217,21 @@ class MlflowTracker:
             if wait > 0:
                 time.sleep(wait)
                 missing = self._missing(parent, study)
+        written = 0
         for t in missing:
-            self._write_trial(parent, trial_log(t), started_ms=int(t.datetime_start.timestamp() * 1000))
-        if missing:
-            log.info("MLflow: wrote %d missing trial run(s) of study %s", len(missing), study.study_name)
-        return len(missing)
+            if not self._write_trial(parent, trial_log(t), started_ms=int(t.datetime_start.timestamp() * 1000)):
+                log.warning(
+                    "MLflow: %d trial run(s) of study %s are still missing (%s); finishing the study again writes "
+                    "them (run the job again; in the service the finalize ticket is retried)",
+                    len(missing) - written,
+                    study.study_name,
+                    self._errors[-1],
+                )
+                break
+            written += 1
+        if written:
+            log.info("MLflow: wrote %d missing trial run(s) of study %s", written, study.study_name)
+        return written
 
     def _missing(self, parent: str, study: optuna.Study) -> list:
         from tuner.driver import TRIAL_ATTR
@@ -217,7 +259,7 @@ class MlflowTracker:
         self.flush()
         self._pool.shutdown(wait=True)
         if self._errors:
-            log.warning("MLflow logging failed for %d trial(s): %s", len(self._errors), self._errors[0])
+            log.warning("MLflow writes failed %d time(s); the first: %s", len(self._errors), self._errors[0])
 
 
 def trial_log(t: optuna.trial.FrozenTrial) -> TrialLog:

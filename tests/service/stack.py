@@ -83,6 +83,11 @@ class MlflowServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = open(root / "server.log", "w")
+        self.start()
+
+    def start(self) -> None:
+        """Start the server, again after ``stop`` too: same port, same store."""
+        root = self.root
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -114,10 +119,11 @@ class MlflowServer:
         except OSError:
             return False
 
-    def stop(self) -> None:
+    def stop(self, close_log: bool = True) -> None:
         os.killpg(self.proc.pid, signal.SIGTERM)
         self.proc.wait(timeout=20)
-        self._log.close()
+        if close_log:
+            self._log.close()
 
 
 @dataclass

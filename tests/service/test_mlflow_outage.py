@@ -1,0 +1,56 @@
+"""A tracking server that goes down mid-study: tuning goes on without waiting on it, and once it is back,
+finishing the study writes every trial run it missed."""
+
+from __future__ import annotations
+
+import time
+
+from mlflow import MlflowClient
+
+from kernels.noop import Noop
+from tests.service.stack import MlflowServer
+from tuner.driver import StudySession
+from tuner.isolation import CandidateRunner
+from tuner.mlflow_tracker import MlflowTracker
+from tuner.spec import parse_spec
+from tuner.storage import open_storage
+
+SPEC = "name: outage\nkernel: noop\nproblems: [{sleep_ms: 1}]\nbudget: {trials: 6}\nbench: {warmup: 0, repeats: 1}\n"
+
+
+def test_a_study_outlives_its_tracking_server(tmp_path, cpu):
+    server = MlflowServer(tmp_path)
+    try:
+        spec = parse_spec(SPEC)
+        kernel = Noop()
+        (problem,) = spec.expand()
+        tracker = MlflowTracker(server.url)
+        tracker.start_job(spec.name)
+        storage = open_storage(f"sqlite:///{tmp_path}/studies.db")
+        with CandidateRunner() as runner:
+            session = StudySession(spec, kernel, kernel.space(), problem, cpu, storage, runner, tracker, "s")
+            session.step_until_measured()
+            session.step_until_measured()
+            tracker.flush()
+            server.stop(close_log=False)
+            start = time.monotonic()
+            for _ in range(4):
+                session.step_until_measured()
+            tracker.flush()
+            # MLflow's default retries would hold each of the 4 writes for about 4 minutes
+            assert time.monotonic() - start < 60
+            session.finish()  # the server is still down: the study finishes all the same
+            assert session.study.user_attrs["best"]["config"]
+            server.start()
+            session.finish()
+        tracker.close()
+        client = MlflowClient(server.url)
+        parent = client.get_run(session.run_id)
+        runs = client.search_runs(
+            [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{session.run_id}'", max_results=100
+        )
+        assert sorted(int(r.data.tags["cotune.trial"]) for r in runs) == list(range(6))
+        assert sum("cotune.backfilled" in r.data.tags for r in runs) == 4
+        assert parent.info.status == "FINISHED" and parent.data.params["best.x"]
+    finally:
+        server.stop()
