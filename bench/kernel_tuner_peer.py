@@ -34,8 +34,9 @@ def _uncompressed(path: Path) -> Path:
 
 def kt_best_so_far(
     path: Path, strategy: str, seed: int, budget: int, keys: tuple[str, ...], size: int
-) -> list[float | None]:
-    """``size``: configs in the cache; Kernel Tuner refuses a budget larger than its space."""
+) -> tuple[list[float | None], list[tuple]]:
+    """Best time after each distinct evaluation, and the configs evaluated, in order. ``size``: configs in
+    the cache; Kernel Tuner refuses a budget larger than its space."""
     from kernel_tuner import tune_cache
 
     budget = min(budget, size)
@@ -53,15 +54,17 @@ def kt_best_so_far(
     seen: set[tuple] = set()
     best: float | None = None
     curve: list[float | None] = []
+    evaluated: list[tuple] = []
     for r in results:
         point = tuple(r[k] for k in keys)
         if point in seen:
             continue
         seen.add(point)
+        evaluated.append(point)
         t = r["time"]
         if isinstance(t, (int, float)) and np.isfinite(t):
             best = float(t) if best is None else min(best, float(t))
         curve.append(best)
         if len(curve) == budget:
             break
-    return curve
+    return curve, evaluated

@@ -6,8 +6,9 @@ Configs that run one program (``Kernel.program_key``) differ only by timing nois
 is partly the luck of one twin's reading. This re-scores the benchmark's runs (``bench/search_efficiency.py``
 result files, Kernel Tuner's included) with each config's time replaced by its program's median over the
 recorded twins, and the optimum by the best program's median. A run's best config after N evaluations is
-found from its recorded best/optimum by the config whose time it is; where programs share that time, it
-scores as the slowest of them (the row's ``ambiguous`` counts such runs).
+the one its result file records (``best``); result files written before they recorded it give only the
+best/optimum, and then the config is found by its time: where programs share that time, it scores as the
+slowest of them (the row's ``ambiguous`` counts such runs).
 Prints, per file and strategy, the median best/optimum by program after 50 and 200 and the runs of 20
 holding the best program then, and the quarter-budget check against the best Kernel Tuner strategy.
 """
@@ -40,6 +41,8 @@ class ProgramTimes:
             groups.setdefault(program(point), []).append(record.time_ms)
             of_time.setdefault(record.time_ms, set()).add(program(point))
         median = {key: statistics.median(times) for key, times in groups.items()}
+        self._program = program
+        self._of_program = median
         self.raw_optimum = data.optimum
         self.best = min(median.values())
         self.programs = len(groups)
@@ -48,6 +51,13 @@ class ProgramTimes:
         # unknown: it is scored as the slowest of them, against every strategy alike.
         self._median = {t: max(median[key] for key in keys) for t, keys in of_time.items()}
         self._shared = {t for t, keys in of_time.items() if len({median[k] for k in keys}) > 1}
+
+    def of_run(self, run: dict, n: str) -> tuple[float, bool]:
+        """A run's best/optimum by program time after ``n`` evaluations, and whether it had to be guessed
+        from a time that programs share."""
+        if "best" in run:
+            return self._of_program[self._program(tuple(run["best"][n]))] / self.best, False
+        return self.ratio(run["ratio"][n]), self.ambiguous(run["ratio"][n])
 
     def ratio(self, raw_ratio: float) -> float:
         """A run's best/optimum by raw time -> by program time."""
@@ -77,10 +87,10 @@ def score(results: list[Path], data_dir: Path) -> list[dict]:
             group = [r for r in runs if r["file"] == name and r["strategy"] == strategy]
             row = {"file": name, "strategy": strategy, "seeds": len(group), "programs": times.programs}
             for n in CHECKPOINTS:
-                by_program = [times.ratio(r["ratio"][n]) for r in group]
+                by_program, guessed = zip(*(times.of_run(r, n) for r in group), strict=True)
                 row[f"median@{n}"] = round(statistics.median(by_program), 4)
                 row[f"at_best@{n}"] = sum(v <= 1.0 for v in by_program)
-                row[f"ambiguous@{n}"] = sum(times.ambiguous(r["ratio"][n]) for r in group)
+                row[f"ambiguous@{n}"] = sum(guessed)
             rows.append(row)
     return rows
 

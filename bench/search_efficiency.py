@@ -52,11 +52,13 @@ def one(args: tuple[str, str, int, int]) -> dict:
         from kernel_tuner_peer import kt_best_so_far  # bench/ is on sys.path when run as a script
 
         try:
-            curve = kt_best_so_far(Path(path), strategy.removeprefix("kt:"), seed, budget, data.keys, len(data.records))
+            curve, evaluated = kt_best_so_far(
+                Path(path), strategy.removeprefix("kt:"), seed, budget, data.keys, len(data.records)
+            )
         except Exception as exc:  # one peer strategy failing on one file must not sink the whole benchmark
             print(f"{data.name} {strategy} seed {seed}: {type(exc).__name__}: {exc}", flush=True)
-            curve = []
-        result = ReplayResult(data.optimum, curve)
+            curve, evaluated = [], []
+        result = ReplayResult(data.optimum, curve, evaluated=evaluated)
     else:
         name, options = _parse_strategy(strategy)
         same_program = "+programs" in name  # measure each program once, as a study does (Kernel.program_key)
@@ -104,8 +106,16 @@ def one(args: tuple[str, str, int, int]) -> dict:
         "to_2pct": result.evaluations_to_within(0.02),
         "evaluations": len(curve),
         "ratio": ratio,
+        "best": {str(n): _best_config(data, result.evaluated[:n]) for n in CHECKPOINTS},
         "curve": [None if b is None else round(b / result.optimum, 5) for b in curve],
     }
+
+
+def _best_config(data: ReplayData, evaluated: list[tuple]) -> list | None:
+    """The fastest config among the first evaluations: what a run would hand to serving at that point, and
+    what ``bench/program_scores.py`` scores by its program's time."""
+    timed = [p for p in evaluated if data.records[p].time_ms is not None]
+    return list(min(timed, key=lambda p: data.records[p].time_ms)) if timed else None
 
 
 TRANSFER_TOP = 5

@@ -222,7 +222,7 @@ class MlflowTracker:
             if not self._write_trial(parent, trial_log(t), started_ms=int(t.datetime_start.timestamp() * 1000)):
                 log.warning(
                     "MLflow: %d trial run(s) of study %s are still missing (%s); finishing the study again writes "
-                    "them (run the job again; in the service the finalize ticket is retried)",
+                    "them (run the `cotune tune` job again)",
                     len(missing) - written,
                     study.study_name,
                     self._errors[-1],
