@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from tuner import codesign_cli, service_cli
-from tuner.cli_stores import StorageOpt, resolve_settings, storage_for
+from tuner.cli_stores import MlflowOpt, StorageOpt, mlflow_for, resolve_settings, storage_for
 from tuner.console import clean_errors, fmt_time, out
 from tuner.service_cli import is_service_job, show_record
 
@@ -214,6 +214,17 @@ def best(job: str, storage: StorageOpt = None) -> None:
             [{k: e[k] for k in ("kernel", "shape", "dtype", "config", "metrics")} for e in data["entries"]], indent=2
         )
     )
+
+
+@app.command("mlflow-sync")
+@clean_errors
+def mlflow_sync(job: str, storage: StorageOpt = None, mlflow_uri: MlflowOpt = None) -> None:
+    """Write into MLflow what a job's finished studies hold and it lacks (trial runs, study summaries), after
+    the tracking server was down."""
+    from tuner.mlflow_tracker import sync_job
+
+    for study, written in sync_job(storage_for(job, storage), job, mlflow_for(job, mlflow_uri)):
+        out.print(f"{study}: " + ("not finished; left alone" if written is None else f"{written} trial run(s) written"))
 
 
 @app.command()

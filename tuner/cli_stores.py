@@ -31,3 +31,14 @@ def storage_for(job: str, storage: str | None) -> str:
 
         return ServiceSettings.from_env().storage
     return resolve_settings(storage, None).storage
+
+
+def mlflow_for(job: str, mlflow_uri: str | None) -> str:
+    """The MLflow tracking URI a job's runs went to: the service's for a service job id, else the local one."""
+    from tuner.service_cli import is_service_job
+
+    if mlflow_uri is None and is_service_job(job):
+        from tuner.settings import ServiceSettings
+
+        return ServiceSettings.from_env().mlflow_tracking_uri
+    return resolve_settings(None, mlflow_uri).mlflow_tracking_uri

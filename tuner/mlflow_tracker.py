@@ -159,17 +159,28 @@ class MlflowTracker:
 
         self.flush()
         try:
-            self._record_study(best, study)
-        except (MlflowException, OSError) as exc:
+            self.record_study(best, study)
+        except (MlflowException, OSError, StorageError) as exc:
             error = f"study {study.study_name}: {str(exc).splitlines()[0]}"
             self._errors.append(error)
-            log.warning("MLflow could not record %s; its trials and best config are in the Optuna storage", error)
+            log.warning(
+                "MLflow could not record %s; its trials and best config are in the Optuna storage, and "
+                "`cotune mlflow-sync JOB` writes them once the server is back",
+                error,
+            )
 
-    def _record_study(self, best: BestLog | None, study: optuna.Study) -> None:
+    def resume_study(self, run_id: str) -> None:
+        """Continue a study's parent run made earlier, by its id (``cotune mlflow-sync``)."""
+        run = self.client.get_run(run_id)
+        self._experiment_id, self._parent = run.info.experiment_id, run_id
+
+    def record_study(self, best: BestLog | None, study: optuna.Study) -> int:
+        """Write the trial runs the study misses and its summary on the parent run; returns the trial runs
+        written. Raises when MLflow cannot be written."""
         from mlflow.entities import Metric, Param
 
         parent = self._parent
-        self.backfill(parent, study)
+        written = self.backfill(parent, study)
         now = int(time.time() * 1000)
         from optuna.trial import TrialState
 
@@ -205,10 +216,11 @@ class MlflowTracker:
             self.client.log_batch(parent, metrics=metrics, params=params)
             self.client.log_artifacts(parent, str(out))
         self.client.set_terminated(parent, "FINISHED")
+        return written
 
     def backfill(self, parent: str, study: optuna.Study) -> int:
         """Write a child run for each finished trial of the study that has none under ``parent``; returns
-        how many were written. A failed write is recorded like a trial's and reported at close."""
+        how many were written. Raises StorageError when a write fails."""
         missing = self._missing(parent, study)
         # a trial failed as lost has no writer left anywhere; any other may still be in one
         awaited = [_finished_at(t) for t in missing if _failure_kind(t) != FailureKind.WORKER_LOST.value]
@@ -217,21 +229,14 @@ class MlflowTracker:
             if wait > 0:
                 time.sleep(wait)
                 missing = self._missing(parent, study)
-        written = 0
-        for t in missing:
+        for written, t in enumerate(missing):
             if not self._write_trial(parent, trial_log(t), started_ms=int(t.datetime_start.timestamp() * 1000)):
-                log.warning(
-                    "MLflow: %d trial run(s) of study %s are still missing (%s); finishing the study again writes "
-                    "them (run the `cotune tune` job again)",
-                    len(missing) - written,
-                    study.study_name,
-                    self._errors[-1],
+                raise StorageError(
+                    f"{len(missing) - written} trial run(s) still missing in MLflow at {self.uri}: {self._errors[-1]}"
                 )
-                break
-            written += 1
-        if written:
-            log.info("MLflow: wrote %d missing trial run(s) of study %s", written, study.study_name)
-        return written
+        if missing:
+            log.info("MLflow: wrote %d missing trial run(s) of study %s", len(missing), study.study_name)
+        return len(missing)
 
     def _missing(self, parent: str, study: optuna.Study) -> list:
         from tuner.driver import TRIAL_ATTR
@@ -260,6 +265,46 @@ class MlflowTracker:
         self._pool.shutdown(wait=True)
         if self._errors:
             log.warning("MLflow writes failed %d time(s); the first: %s", len(self._errors), self._errors[0])
+
+
+def sync_job(storage_url: str, job: str, tracking_uri: str) -> list[tuple[str, int | None]]:
+    """Write into MLflow what a job's finished studies hold and it lacks: missing trial runs and the
+    study's summary. Returns (study, trial runs written) per study; None for a study not finished, which is
+    left alone, as its workers may still be writing."""
+    import optuna
+
+    from tuner.export import job_studies
+    from tuner.storage import open_storage
+
+    storage = open_storage(storage_url, create=False)
+    tracker = MlflowTracker(tracking_uri)
+    done = []
+    try:
+        for summary in job_studies(storage_url, job):
+            run_id = summary.user_attrs.get("mlflow_run_id")
+            if not run_id:
+                continue  # tuned without MLflow
+            if not {"best", "pareto_front"} & set(summary.user_attrs):
+                done.append((summary.study_name, None))
+                continue
+            study = optuna.load_study(study_name=summary.study_name, storage=storage)
+            tracker.resume_study(run_id)
+            done.append((summary.study_name, tracker.record_study(best_log(study.user_attrs.get("best")), study)))
+    finally:
+        tracker.close()
+    return done
+
+
+def best_log(best: dict | None) -> BestLog | None:
+    """A study's recorded best (its ``best`` user attribute), as the tracker takes it."""
+    if not best:
+        return None
+    return BestLog(
+        best["trial"],
+        Config.make(best["config"]),
+        Measurement.from_json(best["tuned"]),
+        Measurement.from_json(best["remeasured"]),
+    )
 
 
 def trial_log(t: optuna.trial.FrozenTrial) -> TrialLog:

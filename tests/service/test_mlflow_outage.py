@@ -1,8 +1,11 @@
-"""A tracking server that goes down mid-study: tuning goes on without waiting on it, and once it is back,
-finishing the study writes every trial run it missed."""
+"""A tracking server that goes down mid-study: tuning goes on without waiting on it, the study finishes
+while it is down, and once it is back ``cotune mlflow-sync`` writes every trial run and the summary it
+missed."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 from mlflow import MlflowClient
@@ -26,7 +29,8 @@ def test_a_study_outlives_its_tracking_server(tmp_path, cpu):
         (problem,) = spec.expand()
         tracker = MlflowTracker(server.url)
         tracker.start_job(spec.name)
-        storage = open_storage(f"sqlite:///{tmp_path}/studies.db")
+        storage_url = f"sqlite:///{tmp_path}/studies.db"
+        storage = open_storage(storage_url)
         with CandidateRunner() as runner:
             session = StudySession(spec, kernel, kernel.space(), problem, cpu, storage, runner, tracker, "s")
             session.step_until_measured()
@@ -41,9 +45,17 @@ def test_a_study_outlives_its_tracking_server(tmp_path, cpu):
             assert time.monotonic() - start < 60
             session.finish()  # the server is still down: the study finishes all the same
             assert session.study.user_attrs["best"]["config"]
-            server.start()
-            session.finish()
         tracker.close()
+        server.start()
+        sync = [sys.executable, "-m", "tuner.cli", "mlflow-sync", "outage", "--storage", storage_url]
+        done = subprocess.run([*sync, "--mlflow-uri", server.url], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "s: 4 trial run(s) written" in done.stdout
+        again = subprocess.run([*sync, "--mlflow-uri", server.url], capture_output=True, text=True, timeout=120)
+        assert "s: 0 trial run(s) written" in again.stdout
+        unknown = [sys.executable, "-m", "tuner.cli", "mlflow-sync", "no-such-job", "--storage", storage_url]
+        wrong = subprocess.run([*unknown, "--mlflow-uri", server.url], capture_output=True, text=True, timeout=120)
+        assert wrong.returncode == 1 and "no studies for job 'no-such-job'" in wrong.stderr + wrong.stdout
         client = MlflowClient(server.url)
         parent = client.get_run(session.run_id)
         runs = client.search_runs(
