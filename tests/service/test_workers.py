@@ -98,9 +98,8 @@ def _fresh_running(storage, study: str, number: int, within_s: float) -> bool:
 
 def test_kill_9_of_a_worker_mid_trial_loses_and_doubles_nothing(service, tmp_path):
     victim = service.start_worker("victim")
-    job = submit(service, tmp_path, noop_spec("kill9", trials=6, sleep_ms=1500))
+    job = submit(service, tmp_path, noop_spec("kill9", trials=8, sleep_ms=1500))
     store = JobStore(service.env["COTUNE_STORAGE"])
-
     storage = open_storage(service.env["COTUNE_STORAGE"])
 
     def victim_measuring():
@@ -121,8 +120,8 @@ def test_kill_9_of_a_worker_mid_trial_loses_and_doubles_nothing(service, tmp_pat
     service.kill_worker(victim)
     record = wait_job(service, job)
     assert record["state"] == "succeeded", record
-    assert record["trials"]["finished"] == 6
-    trials = assert_exactly_once(service, record, job, 6)
+    assert record["trials"]["finished"] == 8
+    trials = assert_exactly_once(service, record, job, 8)
     lost = [t for t in trials if t.user_attrs.get(TRIAL_ATTR, {}).get("failure_kind") == "worker_lost"]
     states = [(t.number, t.state.name, t.user_attrs.get(TRIAL_ATTR, {}).get("failure_kind")) for t in trials]
     assert len(lost) >= 1 and all(t.state is TrialState.FAIL for t in lost), f"{states}\n{service.diagnosis(job)}"
