@@ -53,3 +53,30 @@ def test_replay_stops_early_on_a_flat_cache(tmp_path):
 def test_spec_accepts_patience():
     spec = parse_spec("name: p\nkernel: noop\nproblems: [{sleep_ms: 1}]\nbudget: {trials: 50, patience: 10}\n")
     assert spec.budget.patience == 10
+
+
+def test_a_local_study_stops_once_patience_evaluations_gain_nothing(tmp_path, cpu):
+    """``cotune tune`` stops a problem at the first evaluation that completes a run of ``patience``
+    evaluations without a 1 % gain, in the order they finished."""
+    import optuna
+
+    from tuner.driver import counted, tune_job
+    from tuner.tracker import NullTracker
+
+    spec = parse_spec(
+        "name: stall\nkernel: noop\nproblems: [{sleep_ms: 5}]\nbudget: {trials: 80, patience: 5}\n"
+        "sampler: {name: random, seed: 0}\nbench: {warmup: 0, repeats: 3}\n"
+    )
+    storage = f"sqlite:///{tmp_path}/studies.db"
+    (outcome,) = tune_job(spec, storage, cpu, NullTracker())
+    study = optuna.load_study(study_name=outcome.study_name, storage=storage)
+    evaluated = sorted((t for t in study.trials if counted(t)), key=lambda t: (t.datetime_complete, t.number))
+    assert 5 < len(evaluated) < 80  # every config of noop sleeps alike: the best soon stops moving
+    ref, since = None, 0
+    for t in evaluated:  # the rule, recomputed: stalled exactly at the last evaluation, not before
+        if ref is None or t.value < ref * 0.99:  # a gain is 1 % on the last gain's value
+            ref, since = t.value, 0
+        else:
+            since += 1
+        assert since < 5 or t is evaluated[-1]
+    assert since == 5

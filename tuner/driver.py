@@ -306,6 +306,29 @@ class StudySession:
         Without it a ticket past the space's size would ask (and store) up to MAX_IDLE_PROPOSALS repeats."""
         return self._programs is not None and self._programs <= self.objective.accounted()
 
+    def stalled(self) -> bool:
+        """Whether the study's last ``budget.patience`` evaluations, in the order they finished, gained less
+        than 1 % on the best before them. Read from the study, so every worker of a service job agrees."""
+        from optuna.study import StudyDirection
+        from optuna.trial import TrialState
+
+        if not self.spec.budget.patience:
+            return False
+        minimize = self.study.direction is StudyDirection.MINIMIZE
+        detector = StallDetector(self.spec.budget.patience, minimize=minimize)
+        evaluated = [
+            t
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+            if counted(t)
+        ]
+        best: float | None = None
+        stalled = False
+        for t in sorted(evaluated, key=lambda t: (t.datetime_complete, t.number)):
+            if t.state is TrialState.COMPLETE:
+                best = t.value if best is None else (min if minimize else max)(best, t.value)
+            stalled = detector.update(best)
+        return stalled
+
     def finish(self) -> BestLog | None:
         if self.spec.objective.multi:
             pareto = front(_remeasure(_front_trials(self.study), self.objective, self.spec))
@@ -397,11 +420,6 @@ def _search(session: StudySession, on_progress) -> None:
     budget = session.feasible_budget()
     spec = session.spec
     deadline = time.monotonic() + spec.budget.wall_time_s if spec.budget.wall_time_s else None
-    stall = (
-        StallDetector(spec.budget.patience, minimize=spec.objective is not Objective.MAX_THROUGHPUT)
-        if spec.budget.patience
-        else None
-    )
     idle = 0
     while (budget is None or session.objective.measured < budget) and idle < MAX_IDLE_PROPOSALS:
         if deadline is not None and time.monotonic() >= deadline:
@@ -410,7 +428,7 @@ def _search(session: StudySession, on_progress) -> None:
         idle = idle + 1 if _idle(result) else 0
         if idle and session.exhausted():
             break
-        if stall is not None and not _idle(result) and stall.update(_best_value(session.study)):
+        if not _idle(result) and session.stalled():
             break
         if on_progress:
             on_progress(

@@ -79,8 +79,6 @@ def submit(
         )
     if spec.budget.trials is None:
         raise SpecError("budget.trials: service jobs need a trial budget (wall_time_s alone cannot be split)")
-    if spec.budget.patience is not None:
-        raise SpecError("budget.patience: early stop is local-only for now (`cotune tune`); drop it to submit")
     kernel = get_kernel(spec.kernel)
     target = "cpu" if hardware == CPU_KIND else "cuda"
     if target not in kernel.device_kinds:

@@ -150,6 +150,9 @@ def _run_trial(ctx: WorkerContext, app, claim: Claim) -> str:
         _finish_trial(ctx, app, claim, "deadline", None)
         return "deadline"
     session = ctx.session(claim.job_id, claim.study)
+    if session.stalled():  # budget.patience: the study's best has stopped moving, whoever measured it
+        _finish_trial(ctx, app, claim, "stalled", None)
+        return "stalled"
     measured: list[int] = []
 
     def on_measure(number: int) -> None:

@@ -49,7 +49,7 @@ def assert_exactly_once(service, record: dict, job: str, requested: int) -> list
     assert len(set(configs)) == requested, "a config was measured twice"
     trial_tickets = [t for t in service.tickets(job) if t["kind"] == "trial"]
     assert all(t["state"] == "done" for t in trial_tickets)
-    numbers = [t["trial_number"] for t in trial_tickets]
+    numbers = [t["trial_number"] for t in trial_tickets if t["outcome"] in ("ok", "fail")]
     assert sorted(numbers) == sorted(t.number for t in measured), "tickets and counted trials disagree"
     return trials
 
@@ -162,6 +162,21 @@ def test_a_reaper_finishes_a_job_whose_finalize_ticket_was_never_released(servic
     (finalize,) = [t for t in service.tickets(job) if t["kind"] == TicketKind.FINALIZE.value]
     assert finalize["state"] == TicketState.DONE.value and finalize["worker"].startswith("mender@")
     store.cancel(broken)
+
+
+def test_a_stalled_study_ends_its_remaining_tickets(service, tmp_path):
+    """budget.patience in a service job: once the study's best stops moving, the tickets left end "stalled"
+    without measuring, and the job finishes with what it has."""
+    service.start_worker("patient")
+    spec = noop_spec("stall", trials=60, sleep_ms=5).replace("{trials: 60}", "{trials: 60, patience: 4}")
+    job = submit(service, tmp_path, spec)
+    record = wait_job(service, job)
+    assert record["state"] == "succeeded"
+    counts = record["trials"]
+    assert 4 < counts["finished"] < 60 and counts["finished"] + counts["skipped"] == 60, counts
+    outcomes = [t["outcome"] for t in service.tickets(job) if t["kind"] == "trial"]
+    assert outcomes.count("stalled") == counts["skipped"]
+    assert_exactly_once(service, record, job, counts["finished"])
 
 
 def test_redis_restart_mid_job(service, tmp_path):
