@@ -378,6 +378,11 @@ class JobStore:
         counts = self.ticket_counts(job_id)
         trial = {(s, o): n for (k, s, o), n in counts.items() if k == TicketKind.TRIAL.value}
         done = {o: n for (s, o), n in trial.items() if s == TicketState.DONE.value}
+        # why trials were not measured: exhausted, stalled, deadline, cancelled
+        skipped_by = {o: n for o, n in done.items() if o not in ("ok", "fail")}
+        cancelled = sum(n for (s, _), n in trial.items() if s == TicketState.CANCELLED)
+        if cancelled:
+            skipped_by["cancelled"] = cancelled
         return {
             "id": job["id"],
             "name": job["name"],
@@ -394,8 +399,8 @@ class JobStore:
                 "failed": done.get("fail", 0),
                 "running": sum(n for (s, _), n in trial.items() if s in (TicketState.CLAIMED, TicketState.REAPING)),
                 "pending": sum(n for (s, _), n in trial.items() if s == TicketState.PENDING),
-                "skipped": sum(n for o, n in done.items() if o not in ("ok", "fail"))
-                + sum(n for (s, _), n in trial.items() if s == TicketState.CANCELLED),
+                "skipped": sum(skipped_by.values()),
+                "skipped_by": skipped_by,
             },
             "studies": [
                 {

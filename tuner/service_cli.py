@@ -77,6 +77,7 @@ def show_record(job: str, as_json: bool) -> None:
     out.print(
         f"trials: {t['finished']}/{t['requested']} finished, {t['failed']} failed, {t['running']} running, "
         f"{t['pending']} pending, {t['skipped']} skipped"
+        + (f" ({', '.join(f'{why} {n}' for why, n in sorted(t['skipped_by'].items()))})" if t["skipped"] else "")
     )
     for s in record["studies"]:
         out.print(f"  {s['name']}  mlflow run {s['mlflow_run_id']}")

@@ -84,7 +84,7 @@ def test_cancel_drops_pending_trials(service, client):
     assert broker.llen(queue) - queued == 336
     r = client.delete(f"/jobs/{job}", headers=AUTH)  # no worker is running: every trial is still pending
     assert r.status_code == 200 and r.json()["state"] == "cancelled"
-    assert r.json()["trials"]["pending"] == 0 and r.json()["trials"]["skipped"] == 336
+    assert r.json()["trials"]["pending"] == 0 and r.json()["trials"]["skipped_by"] == {"cancelled": 336}
     service.start_worker("late")  # a worker that now receives the queued messages runs none of them
     time.sleep(3)
     assert client.get(f"/jobs/{job}").json()["trials"]["finished"] == 0
