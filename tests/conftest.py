@@ -34,3 +34,22 @@ def write(tmp_path: Path):
         return path
 
     return _write
+
+
+@pytest.fixture
+def tune_one(tmp_path: Path, cpu: DeviceProfile):
+    """Run a one-problem local job from spec text, on SQLite in tmp_path and without MLflow; returns the
+    problem's outcome, its Optuna study and the storage URL."""
+
+    def _tune(text: str):
+        import optuna
+
+        from tuner.driver import tune_job
+        from tuner.spec import parse_spec
+        from tuner.tracker import NullTracker
+
+        url = f"sqlite:///{tmp_path}/studies.db"
+        (outcome,) = tune_job(parse_spec(text), url, cpu, NullTracker())
+        return outcome, optuna.load_study(study_name=outcome.study_name, storage=url), url
+
+    return _tune

@@ -166,22 +166,14 @@ def test_unknown_sampler_is_rejected():
         load_kernel_tuner_cache(DATA / "crash_space.yaml")
 
 
-def test_replays_a_cotune_trial_table(tmp_path, cpu):
+def test_replays_a_cotune_trial_table(tmp_path, tune_one):
     """The trials.csv of a real local study replays: its measured configs, its best as the optimum."""
-    import optuna
-
-    from tuner.driver import tune_job
     from tuner.replay import load_recording
-    from tuner.spec import parse_spec
-    from tuner.tracker import NullTracker
 
-    spec = parse_spec(
+    outcome, study, _ = tune_one(
         "name: table\nkernel: noop\nproblems: [{sleep_ms: 1}]\nbudget: {trials: 8}\n"
         "sampler: {name: random, seed: 0}\ntop_k: 1\nbench: {warmup: 0, repeats: 1, remeasure_repeats: 1}\n"
     )
-    url = f"sqlite:///{tmp_path}/s.db"
-    (outcome,) = tune_job(spec, url, cpu, NullTracker())
-    study = optuna.load_study(study_name=outcome.study_name, storage=url)
     study.trials_dataframe().to_csv(tmp_path / "trials.csv", index=False)
 
     data = load_recording(tmp_path / "trials.csv")

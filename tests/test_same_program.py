@@ -59,14 +59,14 @@ def test_a_step_past_the_last_program_ends_at_once(tmp_path, cpu):
 
 
 def test_a_service_study_gets_at_most_one_ticket_per_program(cpu):
-    from worker.dispatch import _study_budget
+    from worker.dispatch import study_budget
 
     kernel = NoopIgnoringY()
     (problem,) = parse_spec(SPEC).expand()
-    assert _study_budget(40, kernel, kernel.space(), problem, cpu) == 21
-    assert _study_budget(5, kernel, kernel.space(), problem, cpu) == 5
+    assert study_budget(40, kernel, kernel.space(), problem, cpu) == 21
+    assert study_budget(5, kernel, kernel.space(), problem, cpu) == 5
     # a GPU with no recorded profile: the space's size caps it, and the worker's screen does the rest
-    assert _study_budget(400, kernel, kernel.space(), problem, None) == 336
+    assert study_budget(400, kernel, kernel.space(), problem, None) == 336
 
 
 def test_triton_matmul_programs_follow_the_grid_rows() -> None:

@@ -55,21 +55,15 @@ def test_spec_accepts_patience():
     assert spec.budget.patience == 10
 
 
-def test_a_local_study_stops_once_patience_evaluations_gain_nothing(tmp_path, cpu):
+def test_a_local_study_stops_once_patience_evaluations_gain_nothing(tune_one):
     """``cotune tune`` stops a problem at the first evaluation that completes a run of ``patience``
     evaluations without a 1 % gain, in the order they finished."""
-    import optuna
+    from tuner.driver import counted
 
-    from tuner.driver import counted, tune_job
-    from tuner.tracker import NullTracker
-
-    spec = parse_spec(
+    _, study, _ = tune_one(
         "name: stall\nkernel: noop\nproblems: [{sleep_ms: 5}]\nbudget: {trials: 80, patience: 5}\n"
         "sampler: {name: random, seed: 0}\nbench: {warmup: 0, repeats: 3}\n"
     )
-    storage = f"sqlite:///{tmp_path}/studies.db"
-    (outcome,) = tune_job(spec, storage, cpu, NullTracker())
-    study = optuna.load_study(study_name=outcome.study_name, storage=storage)
     evaluated = sorted((t for t in study.trials if counted(t)), key=lambda t: (t.datetime_complete, t.number))
     assert 5 < len(evaluated) < 80  # every config of noop sleeps alike: the best soon stops moving
     ref, since = None, 0

@@ -90,7 +90,7 @@ def submit(
     space = kernel.space()
     problems = spec.expand()
     device = _submit_profile(hardware)
-    budgets = {p.key: _study_budget(spec.budget.trials, kernel, space, p, device) for p in problems}
+    budgets = {p.key: study_budget(spec.budget.trials, kernel, space, p, device) for p in problems}
     mlflow_uri = spec.mlflow_tracking_uri or settings.mlflow_tracking_uri
     job_id_hint = new_job_id()
     run_ids = _open_parent_runs(spec, kernel, space, problems, hardware, mlflow_uri, job_id_hint)
@@ -121,7 +121,7 @@ def _submit_profile(hardware: str) -> DeviceProfile | None:
         return None
 
 
-def _study_budget(
+def study_budget(
     trials: int, kernel: Kernel, space: SearchSpace, problem: Problem, device: DeviceProfile | None
 ) -> int:
     """The trial tickets a study gets: what was asked for, at most one per program the hardware's profile
