@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from kernels.noop import Noop
 from kernels.triton_matmul import TritonMatmul
-from tuner.driver import TRIAL_ATTR, StudySession, counted
+from tuner.driver import StudySession
 from tuner.isolation import CandidateRunner
 from tuner.spec import parse_spec
 from tuner.storage import open_storage
 from tuner.tracker import NullTracker
+from tuner.trial_record import TRIAL_ATTR, counted
 from tuner.types import Config, Problem
 
 SPEC = "name: twins\nkernel: noop\nproblems: [{sleep_ms: 1}]\nbudget: {trials: 40}\nbench: {warmup: 0, repeats: 1}\n"

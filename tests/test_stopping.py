@@ -58,7 +58,7 @@ def test_spec_accepts_patience():
 def test_a_local_study_stops_once_patience_evaluations_gain_nothing(tune_one):
     """``cotune tune`` stops a problem at the first evaluation that completes a run of ``patience``
     evaluations without a 1 % gain, in the order they finished."""
-    from tuner.driver import counted
+    from tuner.trial_record import counted
 
     _, study, _ = tune_one(
         "name: stall\nkernel: noop\nproblems: [{sleep_ms: 5}]\nbudget: {trials: 80, patience: 5}\n"

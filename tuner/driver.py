@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 from tuner.isolation import CandidateRunner
 from tuner.kernel import Kernel
-from tuner.objective import TrialObjective, TrialResult, directions, primary, score
+from tuner.objective import TrialObjective, TrialResult, directions, primary
 from tuner.pareto import front, front_json, select
 from tuner.precompile import Precompiler
 from tuner.registry import get_kernel
@@ -25,12 +25,12 @@ from tuner.stopping import StallDetector
 from tuner.storage import open_storage
 from tuner.tracker import BestLog, StudyInfo, Tracker, TrialLog
 from tuner.transfer import first_configs, neighbour_trials
+from tuner.trial_record import counted, fail_lost_trial, record, result_from_trial, tell
 from tuner.types import Config, DeviceProfile, FailureKind, Measurement, Objective, Problem, TrialStatus
 
 # Stop asking when this many proposals in a row were infeasible or already measured.
 MAX_IDLE_PROPOSALS = 200
 SPACE_ENUMERATION_LIMIT = 1_000_000
-TRIAL_ATTR = "cotune"  # per-trial record: status, reason, duplicate_of, measurement
 
 
 @dataclass(frozen=True)
@@ -206,9 +206,9 @@ class StudySession:
         in_flight: dict[str, int] = {}
         for t in self.study.get_trials(deepcopy=False):
             if t.state in (TrialState.COMPLETE, TrialState.FAIL):
-                record = _record(t)
-                if record.get("failure_kind") != FailureKind.WORKER_LOST.value and "duplicate_of" not in record:
-                    self.objective.remember(t.number, _result_from_trial(t))
+                stored = record(t)
+                if stored.get("failure_kind") != FailureKind.WORKER_LOST.value and "duplicate_of" not in stored:
+                    self.objective.remember(t.number, result_from_trial(t))
             elif t.state is TrialState.RUNNING and t.params and (asked is None or t.number < asked):
                 in_flight.setdefault(self.objective.program_key(Config.make(t.params)), t.number)
         self.objective.in_flight = in_flight
@@ -254,7 +254,7 @@ class StudySession:
                 result = TrialResult(config, TrialStatus.FAIL, failure=failure)
             else:
                 result = self.objective.measure(config, self.objective.bench)
-        _tell(self.study, trial, result, self.spec.objective)
+        tell(self.study, trial, result, self.spec.objective)
         self.objective.remember(trial.number, result)
         self.tracker.log_trial(
             TrialLog(
@@ -354,44 +354,12 @@ class StudySession:
         counts = dict.fromkeys(TrialStatus, 0)
         for t in self.study.get_trials(deepcopy=False):
             if counted(t):
-                counts[TrialStatus(_record(t)["status"])] += 1
+                counts[TrialStatus(record(t)["status"])] += 1
         return counts
-
-
-def counted(t) -> bool:
-    """Whether a finished trial is one distinct evaluation: not a repeat, not a trial lost with its worker.
-
-    The record must agree with the state Optuna finished the trial in: when a reaper and a late worker
-    race, whoever told first decides, and the other's record does not count.
-    """
-    from optuna.trial import TrialState
-
-    record = _record(t)
-    if "status" not in record or "duplicate_of" in record:
-        return False
-    if record.get("failure_kind") == FailureKind.WORKER_LOST.value:
-        return False
-    expected = {"ok": TrialState.COMPLETE, "fail": TrialState.FAIL, "pruned": TrialState.PRUNED}
-    return t.state == expected.get(record["status"])
 
 
 def _idle(result: TrialResult) -> bool:
     return result.duplicate_of is not None or result.status is TrialStatus.PRUNED
-
-
-def fail_lost_trial(study, number: int, reason: str) -> None:
-    """Fail a trial whose process is gone; told with skip_if_finished so a late result is harmless."""
-    from optuna.trial import TrialState
-
-    record = {"status": TrialStatus.FAIL.value, "failure_kind": FailureKind.WORKER_LOST.value, "reason": reason}
-    # Optuna has no public setter for a trial asked by another process; its storage API is the way.
-    storage = study._storage
-    try:
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
-        storage.set_trial_user_attr(trial_id, TRIAL_ATTR, record)
-    except RuntimeError:  # finished meanwhile: its own result stands
-        return
-    study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
 
 
 def _tune_problem(session: StudySession, on_progress, precompiler: Precompiler | None) -> StudyOutcome:
@@ -436,43 +404,6 @@ def _search(session: StudySession, on_progress) -> None:
             )
 
 
-def _tell(study, trial, result: TrialResult, objective: Objective) -> None:
-    from optuna.trial import TrialState
-
-    # One attribute, one storage write: each write is a transaction on the shared storage.
-    record: dict[str, object] = {"status": result.status.value}
-    if result.duplicate_of is not None:
-        record["duplicate_of"] = result.duplicate_of
-    if result.failure:
-        record["failure_kind"] = result.failure.kind.value
-        record["reason"] = result.failure.message[:2000]
-    if result.measurement:
-        record["measurement"] = result.measurement.to_json()
-    trial.set_user_attr(TRIAL_ATTR, record)
-    if result.status is TrialStatus.OK:
-        study.tell(trial, score(result.measurement, objective))
-    elif result.status is TrialStatus.PRUNED:
-        if result.failure is not None and result.failure.kind is FailureKind.INFEASIBLE:
-            trial.set_constraint("feasible", 1.0)
-        study.tell(trial, state=TrialState.PRUNED)
-    else:
-        study.tell(trial, state=TrialState.FAIL)
-
-
-def _result_from_trial(t) -> TrialResult:
-    record = _record(t)
-    m = record.get("measurement")
-    return TrialResult(
-        Config.make(t.params),
-        TrialStatus(record.get("status", "fail")),
-        measurement=Measurement.from_json(m) if m else None,
-    )
-
-
-def _record(t) -> dict:
-    return t.user_attrs.get(TRIAL_ATTR, {})
-
-
 def _best_value(study) -> float | None:
     if len(study.directions) > 1:
         return None  # a Pareto front has no single best value
@@ -487,7 +418,7 @@ def _distinct(trials) -> list:
     out = []
     for t in trials:
         key = Config.make(t.params).key
-        if key not in seen and "duplicate_of" not in _record(t):
+        if key not in seen and "duplicate_of" not in record(t):
             seen.add(key)
             out.append(t)
     return out
@@ -513,7 +444,7 @@ def _remeasure(trials, objective: TrialObjective, spec: JobSpec) -> list[BestLog
         config = Config.make(t.params)
         result = objective.measure(config, replace(objective.bench, repeats=spec.bench.remeasure_repeats))
         if result.measurement is not None:
-            tuned = Measurement.from_json(_record(t)["measurement"])
+            tuned = Measurement.from_json(record(t)["measurement"])
             out.append(BestLog(t.number, config, tuned, result.measurement))
     return out
 

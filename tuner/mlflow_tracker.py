@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from tuner.errors import StorageError
 from tuner.tracker import BestLog, StudyInfo, TrialLog
+from tuner.trial_record import TRIAL_ATTR, record
 from tuner.types import Config, FailureKind, Measurement, TrialStatus
 
 if TYPE_CHECKING:
@@ -223,7 +224,7 @@ class MlflowTracker:
         how many were written. Raises StorageError when a write fails."""
         missing = self._missing(parent, study)
         # a trial failed as lost has no writer left anywhere; any other may still be in one
-        awaited = [_finished_at(t) for t in missing if _failure_kind(t) != FailureKind.WORKER_LOST.value]
+        awaited = [_finished_at(t) for t in missing if record(t).get("failure_kind") != FailureKind.WORKER_LOST.value]
         if self.shared and awaited:
             wait = SHARED_WRITER_GRACE_S - (time.time() - max(awaited))
             if wait > 0:
@@ -239,8 +240,6 @@ class MlflowTracker:
         return len(missing)
 
     def _missing(self, parent: str, study: optuna.Study) -> list:
-        from tuner.driver import TRIAL_ATTR
-
         logged = set()
         token = None
         while True:
@@ -309,26 +308,18 @@ def best_log(best: dict | None) -> BestLog | None:
 
 def trial_log(t: optuna.trial.FrozenTrial) -> TrialLog:
     """What a child run shows of a finished trial, from the study's own record of it."""
-    from tuner.driver import TRIAL_ATTR
-
-    record = t.user_attrs[TRIAL_ATTR]
-    measurement = Measurement.from_json(record["measurement"]) if record.get("measurement") else None
+    stored = record(t)
+    measurement = Measurement.from_json(stored["measurement"]) if stored.get("measurement") else None
     return TrialLog(
         t.number,
         Config.make(t.params),
-        TrialStatus(record["status"]),
+        TrialStatus(stored["status"]),
         t.value if t.values is not None and len(t.values) == 1 else None,
         measurement,
-        record.get("reason"),
-        record.get("duplicate_of"),
+        stored.get("reason"),
+        stored.get("duplicate_of"),
         t.duration.total_seconds() if t.duration else 0.0,
     )
-
-
-def _failure_kind(t: optuna.trial.FrozenTrial) -> str | None:
-    from tuner.driver import TRIAL_ATTR
-
-    return t.user_attrs[TRIAL_ATTR].get("failure_kind")
 
 
 def _finished_at(t: optuna.trial.FrozenTrial) -> float:

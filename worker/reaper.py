@@ -25,10 +25,10 @@ from collections.abc import Iterable
 from celery import Celery
 
 from tuner.device import queue_name
-from tuner.driver import TRIAL_ATTR, counted, fail_lost_trial
 from tuner.jobs import JobStore
 from tuner.settings import ServiceSettings
 from tuner.storage import open_storage
+from tuner.trial_record import TRIAL_ATTR, counted, fail_lost_trial
 from worker.dispatch import send_tickets
 
 log = logging.getLogger("cotune.reaper")

@@ -12,10 +12,10 @@ from optuna.trial import TrialState
 
 from tests.service.conftest import noop_spec
 from tests.service.stack import wait_for
-from tuner.driver import TRIAL_ATTR, counted
 from tuner.job_tables import TicketKind, TicketState, tickets
 from tuner.jobs import JobStore
 from tuner.storage import open_storage
+from tuner.trial_record import TRIAL_ATTR, counted
 
 WAIT = 180  # seconds a job may take here; the jobs below need a few
 
