@@ -25,8 +25,13 @@ take turns); ``thompson`` (one draw per config from the GP's marginal posterior,
 ``incumbent`` (the local phase walks the incumbent's neighbourhood only, global once it is all measured: the
 default before 2026-11-24, ``default[local_top=1]``); ``elite3``, ``elite5``, ``elite10``
 (``default[local_top=k]``: then the neighbourhood of the next best of the k best that has unmeasured
-neighbours). In the result files written before 2026-11-24, ``default`` is what ``incumbent`` is now, and
-the elite runs broke ties between equal times by config index rather than by measurement order.
+neighbours); ``plane2``, ``plane3`` (the local phase also offers every change of two of the 2 or 3 params
+with the shortest fitted length scales); ``randomwalk`` (local picks in random order, global ones as
+usual); ``additive``, ``additive0.1``, ``additive10`` (the GP models the residual of a ridge regression,
+α = 1, 0.1 or 10, on one-hot params); ``pattern`` (after an improvement that changed one param, the next
+value the same way along it is measured first). In the result files written before 2026-11-24,
+``default`` is what ``incumbent`` is now, and the elite runs broke ties between equal times by config index
+rather than by measurement order.
 """
 
 from __future__ import annotations
@@ -162,6 +167,110 @@ class Adjacent2(Variant):
         return free
 
 
+class Plane(Variant):
+    """Local phase over the incumbent's one-param neighbours plus every config that changes two of its
+    ``k`` most relevant params at once (shortest fitted length scales): the coupled moves a block size's x
+    and y need, limited to the params the model says matter, instead of the whole radius-2 neighbourhood."""
+
+    k = 2
+
+    def _pool(self, observed, free):
+        if self._local and len(observed) >= self._local_after and self._rng.random() < self._local:
+            owner = []
+            for j in range(len(self._params)):
+                values = [q[j] for q in self._points]
+                owner.append(j)
+                if cs._alignment_encoding(values) is not None:
+                    owner.append(j)
+            scales = np.atleast_1d(self._kernel.k1.k2.length_scale)[: len(owner)]
+            relevance = np.full(len(self._params), np.inf)
+            for column, j in enumerate(owner):
+                relevance[j] = min(relevance[j], scales[column])
+            top = np.argsort(relevance)[: self.k]
+            ranked = sorted((v, n) for n, (_, v) in enumerate(observed) if v is not None)
+            for _, n in ranked[: self._local_top]:
+                differs = self._raw[free] != self._raw[observed[n][0]]
+                count = differs.sum(axis=1)
+                inside = differs[:, top].sum(axis=1) == count
+                near = free[(count <= 1) | ((count == 2) & inside)]
+                if near.size:
+                    return near
+        return free
+
+
+class RandomWalk(Variant):
+    """The local phase in random order: the same pool, a uniform pick from it instead of expected
+    improvement (global picks keep it), to see what the model's order is worth inside the neighbourhood."""
+
+    def _best_expected_improvement(self, observed, free):
+        pool = self._pool(observed, free)
+        if pool.size < free.size:
+            return int(self._rng.choice(pool))
+        return super()._best_expected_improvement(observed, free)
+
+
+class Additive(Variant):
+    """The GP on top of an additive mean: a ridge regression on one-hot params (each value's main effect,
+    learned from every measurement whatever the other params) models log time first, the GP the rest, so
+    a neighbour's predicted change is its param value's effect measured anywhere in the space."""
+
+    alpha = 1.0
+
+    def _best_expected_improvement(self, observed, free):
+        from sklearn.linear_model import Ridge
+
+        if not hasattr(self, "_onehot"):
+            blocks = []
+            for j in range(len(self._params)):
+                column = self._raw[:, j]
+                levels = list(dict.fromkeys(column))
+                blocks.append(np.array([[v == level for level in levels] for v in column], dtype=float))
+            self._onehot = np.hstack(blocks)
+        ys = self._targets(observed)
+        rows = [i for i, _ in observed]
+        ridge = Ridge(alpha=self.alpha).fit(self._onehot[rows], ys)
+        residual = ys - ridge.predict(self._onehot[rows])
+        gp = self._fit(observed, residual)
+        pool = self._pool(observed, free)
+        mu, sigma = gp.predict(self._X[pool], return_std=True)
+        mu = mu + ridge.predict(self._onehot[pool])
+        best = ys[[v is not None for _, v in observed]].min()
+        return int(pool[int(np.argmax(cs._expected_improvement(mu, sigma, best, self._xi)))])
+
+
+class Pattern(Variant):
+    """A pattern move before anything else: when the last improvement changed one param, the config one
+    step further the same way along that param (its next value in rank order) is measured next, as a
+    Hooke-Jeeves pattern search does. Otherwise the default pick."""
+
+    def next_pick(self, observed, free):
+        if len(observed) >= self._local_after:
+            if not hasattr(self, "_steps"):
+                columns = []
+                for j in range(len(self._params)):
+                    values = [q[j] for q in self._points]
+                    rank = cs._rank_encoding(values)
+                    span = max(len(rank) - 1, 1)
+                    columns.append([round(rank[v] * span) for v in values])
+                self._steps = np.array(columns, dtype=int).T
+                self._by_steps = {tuple(row): i for i, row in enumerate(self._steps)}
+            incumbents, best = [], np.inf
+            for i, v in observed:
+                if v is not None and v < best:
+                    best = v
+                    incumbents.append(i)
+            if len(incumbents) >= 2:
+                a, b = self._steps[incumbents[-2]], self._steps[incumbents[-1]]
+                moved = np.flatnonzero(a != b)
+                if moved.size == 1:
+                    target = b.copy()
+                    target[moved[0]] += np.sign(b[moved[0]] - a[moved[0]])
+                    pick = self._by_steps.get(tuple(target))
+                    if pick is not None and pick in set(free.tolist()):
+                        return int(pick)
+        return super().next_pick(observed, free)
+
+
 class Acquisition(Variant):
     """The default pool and model with another score than expected improvement."""
 
@@ -221,6 +330,10 @@ def make(variant: str, candidates, distributions, seed) -> Variant:
     classes = {"default": Variant, "maximin": Maximin, "top3": TopK, "top5": TopK}
     classes |= dict.fromkeys(("crossover1", "crossover2", "crossover4"), Crossover)
     classes["adjacent2"] = Adjacent2
+    classes["randomwalk"] = RandomWalk
+    classes["pattern"] = Pattern
+    classes |= dict.fromkeys(("additive", "additive0.1", "additive10"), Additive)
+    classes |= dict.fromkeys(("plane2", "plane3"), Plane)
     classes |= dict.fromkeys(("rf", "extra-trees", "gp/rf"), Model)
     classes |= dict.fromkeys(("pairs", "log", "rank+log"), Variant)
     classes |= dict.fromkeys(
@@ -231,6 +344,10 @@ def make(variant: str, candidates, distributions, seed) -> Variant:
     sampler = classes[name](candidates, distributions, seed=seed, **options)
     if name in ("top3", "top5"):
         sampler.k = int(name[3:])
+    if name.startswith("additive"):
+        sampler.alpha = float(name.removeprefix("additive") or 1.0)
+    if name.startswith("plane"):
+        sampler.k = int(name.removeprefix("plane"))
     if name.startswith("crossover"):
         sampler.k = int(name.removeprefix("crossover"))
     if classes[name] is Model:
