@@ -119,6 +119,13 @@ def test_cli_json_and_bad_file(tmp_path):
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert len(out["best_so_far"]) == 15 and out["best_so_far"][-1] == out["optimum"]
+    for budget in ("15", "2"):  # the optimum reached in the first, not within 5 % in the second (seed 1)
+        args = [sys.executable, "-m", "tuner.cli", "replay", str(FIXTURE), "--budget", budget, "--seed", "1"]
+        reached = json.loads(subprocess.run([*args, "--json"], capture_output=True, text=True).stdout)
+        text = subprocess.run(args, capture_output=True, text=True).stdout
+        for pct, n in reached["evaluations_to_within"].items():
+            said = f"after {n} evaluations" if n else f"not reached in {budget} evaluations"
+            assert f"within {pct} of the optimum: {said}\n" in text, text
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     proc = subprocess.run([sys.executable, "-m", "tuner.cli", "replay", str(bad)], capture_output=True, text=True)

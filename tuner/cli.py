@@ -325,7 +325,8 @@ def replay(
     )
     out.print(f"optimum {data.optimum:.4g} ms, best found {final:.4g} ms" if final else "no success")
     for pct, n in result.to_json()["evaluations_to_within"].items():
-        out.print(f"  within {pct} of the optimum after {n if n else 'never'} evaluations")
+        reached = f"after {n} evaluations" if n else f"not reached in {len(result.best_so_far)} evaluations"
+        out.print(f"  within {pct} of the optimum: {reached}")
 
 
 @app.command()

@@ -11,7 +11,8 @@ from rich.console import Console
 
 from tuner.errors import CotuneError
 
-out = Console()
+# soft_wrap: a line is not broken at 80 columns when the output is a pipe or a log file; the terminal wraps
+out = Console(soft_wrap=True)
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
