@@ -29,7 +29,9 @@ neighbours); ``plane2``, ``plane3`` (the local phase also offers every change of
 with the shortest fitted length scales); ``randomwalk`` (local picks in random order, global ones as
 usual); ``additive``, ``additive0.1``, ``additive10`` (the GP models the residual of a ridge regression,
 α = 1, 0.1 or 10, on one-hot params); ``pattern`` (after an improvement that changed one param, the next
-value the same way along it is measured first). In the result files written before 2026-11-24,
+value the same way along it is measured first); ``pi`` (local picks by probability of improvement);
+``localgp`` (local picks from a GP fitted to the configs within two params of the incumbent). In the
+result files written before 2026-11-24,
 ``default`` is what ``incumbent`` is now, and the elite runs broke ties between equal times by config index
 rather than by measurement order.
 """
@@ -271,6 +273,35 @@ class Pattern(Variant):
         return super().next_pick(observed, free)
 
 
+class LocalScore(Variant):
+    """Local picks scored for a walk's step rather than for the largest gain: ``pi`` takes the neighbour
+    most likely to be faster than the incumbent (probability of improvement), which a first-improvement
+    walk needs; ``localgp`` keeps expected improvement but fits the GP to the measured configs within two
+    params of the incumbent only (at least 8 of them), whose interactions a global fit averages away."""
+
+    score = "pi"
+
+    def _best_expected_improvement(self, observed, free):
+        pool = self._pool(observed, free)
+        if pool.size == free.size:
+            return super()._best_expected_improvement(observed, free)
+        ys = self._targets(observed)
+        ok = [v is not None for _, v in observed]
+        best = ys[ok].min()
+        if self.score == "pi":
+            gp = self._fit(observed, ys)
+            mu, sigma = gp.predict(self._X[pool], return_std=True)
+            return int(pool[int(np.argmax(cs._norm_cdf((best - mu - self._xi) / np.maximum(sigma, 1e-9))))])
+        incumbent = self._raw[observed[int(np.argmin(np.where(ok, ys, np.inf)))][0]]
+        rows = [n for n, (i, _) in enumerate(observed) if (self._raw[i] != incumbent).sum() <= 2]
+        if len(rows) < 8:
+            gp = self._fit(observed, ys)
+        else:
+            gp = cs._fit_gp(self._X[[observed[n][0] for n in rows]], ys[rows], self._seed)
+        mu, sigma = gp.predict(self._X[pool], return_std=True)
+        return int(pool[int(np.argmax(cs._expected_improvement(mu, sigma, best, self._xi)))])
+
+
 class Acquisition(Variant):
     """The default pool and model with another score than expected improvement."""
 
@@ -332,6 +363,7 @@ def make(variant: str, candidates, distributions, seed) -> Variant:
     classes["adjacent2"] = Adjacent2
     classes["randomwalk"] = RandomWalk
     classes["pattern"] = Pattern
+    classes |= dict.fromkeys(("pi", "localgp"), LocalScore)
     classes |= dict.fromkeys(("additive", "additive0.1", "additive10"), Additive)
     classes |= dict.fromkeys(("plane2", "plane3"), Plane)
     classes |= dict.fromkeys(("rf", "extra-trees", "gp/rf"), Model)
@@ -344,6 +376,8 @@ def make(variant: str, candidates, distributions, seed) -> Variant:
     sampler = classes[name](candidates, distributions, seed=seed, **options)
     if name in ("top3", "top5"):
         sampler.k = int(name[3:])
+    if classes[name] is LocalScore:
+        sampler.score = name
     if name.startswith("additive"):
         sampler.alpha = float(name.removeprefix("additive") or 1.0)
     if name.startswith("plane"):
