@@ -79,6 +79,17 @@ class Variant(cs.CandidateSampler):
     def next_pick(self, observed: list, free: np.ndarray) -> int:
         return self._best_expected_improvement(observed, free)
 
+    def steps(self) -> np.ndarray:
+        """Each config's values as their positions among the param's sorted values (one row per config)."""
+        if not hasattr(self, "_steps"):
+            columns = []
+            for j in range(len(self._params)):
+                rank = cs._rank_encoding([q[j] for q in self._points])
+                span = max(len(rank) - 1, 1)
+                columns.append([round(rank[q[j]] * span) for q in self._points])
+            self._steps = np.array(columns, dtype=int).T
+        return self._steps
+
 
 class Maximin(Variant):
     def first_pick(self, free, observed):
@@ -151,18 +162,11 @@ class Adjacent2(Variant):
 
     def _pool(self, observed, free):
         if self._local and len(observed) >= self._local_after and self._rng.random() < self._local:
-            if not hasattr(self, "_steps"):
-                columns = []
-                for j in range(len(self._params)):
-                    values = [q[j] for q in self._points]
-                    rank = cs._rank_encoding(values)
-                    span = max(len(rank) - 1, 1)
-                    columns.append([round(rank[v] * span) for v in values])
-                self._steps = np.array(columns, dtype=int).T
+            steps = self.steps()
             incumbent = observed[int(np.argmin([v if v is not None else np.inf for _, v in observed]))][0]
-            differs = self._steps[free] != self._steps[incumbent]
+            differs = steps[free] != steps[incumbent]
             count = differs.sum(axis=1)
-            adjacent = (np.abs(self._steps[free] - self._steps[incumbent]) <= 1).all(axis=1)
+            adjacent = (np.abs(steps[free] - steps[incumbent]) <= 1).all(axis=1)
             near = free[(count <= 1) | ((count == 2) & adjacent)]
             if near.size:
                 return near
@@ -247,22 +251,16 @@ class Pattern(Variant):
 
     def next_pick(self, observed, free):
         if len(observed) >= self._local_after:
-            if not hasattr(self, "_steps"):
-                columns = []
-                for j in range(len(self._params)):
-                    values = [q[j] for q in self._points]
-                    rank = cs._rank_encoding(values)
-                    span = max(len(rank) - 1, 1)
-                    columns.append([round(rank[v] * span) for v in values])
-                self._steps = np.array(columns, dtype=int).T
-                self._by_steps = {tuple(row): i for i, row in enumerate(self._steps)}
+            steps = self.steps()
+            if not hasattr(self, "_by_steps"):
+                self._by_steps = {tuple(row): i for i, row in enumerate(steps)}
             incumbents, best = [], np.inf
             for i, v in observed:
                 if v is not None and v < best:
                     best = v
                     incumbents.append(i)
             if len(incumbents) >= 2:
-                a, b = self._steps[incumbents[-2]], self._steps[incumbents[-1]]
+                a, b = steps[incumbents[-2]], steps[incumbents[-1]]
                 moved = np.flatnonzero(a != b)
                 if moved.size == 1:
                     target = b.copy()
@@ -440,17 +438,18 @@ def main() -> None:
         summary.append(line)
         cells = " | ".join(f"{v['median']:.3f} ({v['at_optimum']})" for v in line["files"].values())
         print(f"| {variant} | {cells} | {line['at_optimum']}/{len(args.files) * args.seeds} |", flush=True)
+    save(args.out, started, budget=args.budget, seeds=args.seeds, summary=summary, runs=rows)
+
+
+def save(out: Path, started: dt.datetime, **fields: object) -> None:
+    """A result file: the command, machine, date and duration of this run, then ``fields``."""
     result = {
         "command": "python " + shlex.join(sys.argv),
         "machine": machine(),
         "date": started.date().isoformat(),
         "seconds": round((dt.datetime.now(dt.UTC) - started).total_seconds()),
-        "budget": args.budget,
-        "seeds": args.seeds,
-        "summary": summary,
-        "runs": rows,
     }
-    args.out.write_text(json.dumps(result, indent=1))
+    out.write_text(json.dumps(result | fields, indent=1))
 
 
 if __name__ == "__main__":

@@ -20,16 +20,12 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
 import datetime as dt
-import json
-import shlex
 import statistics
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from sampler_variants import HARD_FILES, make  # bench/ is on sys.path when run as a script
-from search_efficiency import machine
+from sampler_variants import HARD_FILES, make, save  # bench/ is on sys.path when run as a script
 
 from tuner.replay import load_recording
 
@@ -146,18 +142,7 @@ def main() -> None:
             f"{s['descent_steps_median']} | {entered} | {walk} ({len(walks)} runs) | {hit} |",
             flush=True,
         )
-    result = {
-        "command": "python " + shlex.join(sys.argv),
-        "machine": machine(),
-        "date": started.date().isoformat(),
-        "seconds": round((dt.datetime.now(dt.UTC) - started).total_seconds()),
-        "variant": args.variant,
-        "budget": args.budget,
-        "seeds": args.seeds,
-        "summary": summary,
-        "runs": rows,
-    }
-    args.out.write_text(json.dumps(result, indent=1))
+    save(args.out, started, variant=args.variant, budget=args.budget, seeds=args.seeds, summary=summary, runs=rows)
 
 
 if __name__ == "__main__":
