@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tuner.errors import SpecError
-from tuner.replay import load_kernel_tuner_cache, load_recording, replay
+from tuner.replay import ReplayResult, load_kernel_tuner_cache, load_recording, replay
 
 DATA = Path(__file__).parent / "data"
 FIXTURE = DATA / "vector_add_time_energy_RTX_4000_Ada.json"
@@ -109,6 +109,12 @@ def test_seeds_make_runs_reproducible():
     assert a == b and a["optimum"] == pytest.approx(2.9767550006508827)
 
 
+def test_improvements_are_the_steps_of_the_best_so_far():
+    # a failed first evaluation has no best yet; repeats of the best are not steps
+    result = ReplayResult(1.0, best_so_far=[None, 3.0, 3.0, 2.0, 2.0, 1.0])
+    assert result.improvements() == [(2, 3.0), (4, 2.0), (6, 1.0)]
+
+
 def test_cli_json_and_bad_file(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "tuner.cli", "replay", str(FIXTURE), "--budget", "15", "--seed", "1", "--json"],
@@ -126,6 +132,14 @@ def test_cli_json_and_bad_file(tmp_path):
         for pct, n in reached["evaluations_to_within"].items():
             said = f"after {n} evaluations" if n else f"not reached in {budget} evaluations"
             assert f"within {pct} of the optimum: {said}\n" in text, text
+        # the best-so-far curve, printed where it changes
+        curve = reached["best_so_far"]
+        changed = [
+            n
+            for n in range(1, len(curve) + 1)
+            if curve[n - 1] is not None and (n == 1 or curve[n - 2] is None or curve[n - 1] < curve[n - 2])
+        ]
+        assert [int(line.split()[1].rstrip(":")) for line in text.splitlines() if "evaluation " in line] == changed
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     proc = subprocess.run([sys.executable, "-m", "tuner.cli", "replay", str(bad)], capture_output=True, text=True)

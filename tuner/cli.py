@@ -324,6 +324,9 @@ def replay(
         f"{result.simulated_time_s:.1f} s simulated"
     )
     out.print(f"optimum {data.optimum:.4g} ms, best found {final:.4g} ms" if final else "no success")
+    out.print("best so far (it changes only at these evaluations):")
+    for n, best in result.improvements():
+        out.print(f"  evaluation {n:>4}: {best:.4g} ms ({best / data.optimum:.3f}× the optimum)")
     for pct, n in result.to_json()["evaluations_to_within"].items():
         reached = f"after {n} evaluations" if n else f"not reached in {len(result.best_so_far)} evaluations"
         out.print(f"  within {pct} of the optimum: {reached}")

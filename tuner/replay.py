@@ -270,6 +270,14 @@ class ReplayResult:
                 return i
         return None
 
+    def improvements(self) -> list[tuple[int, float]]:
+        """(1-based evaluation, best so far) wherever the best so far changed: the curve, step by step."""
+        steps: list[tuple[int, float]] = []
+        for i, best in enumerate(self.best_so_far, 1):
+            if best is not None and (not steps or best < steps[-1][1]):
+                steps.append((i, best))
+        return steps
+
     def to_json(self) -> dict:
         return {
             "optimum": self.optimum,
