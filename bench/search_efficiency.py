@@ -95,8 +95,11 @@ def one(args: tuple[str, str, int, int]) -> dict:
             same_program=same_program,
         )
     curve = result.best_so_far
+    # A checkpoint past the budget asked for is left out: the run never had that many evaluations to spend.
+    # One the run did not reach because it stopped early (space exhausted, patience) holds its final best.
+    checkpoints = [n for n in CHECKPOINTS if n <= budget]
     ratio = {}
-    for n in CHECKPOINTS:
+    for n in checkpoints:
         best = curve[min(n, len(curve)) - 1] if curve else None
         ratio[str(n)] = best / result.optimum if best is not None else None
     return {
@@ -106,7 +109,7 @@ def one(args: tuple[str, str, int, int]) -> dict:
         "to_2pct": result.evaluations_to_within(0.02),
         "evaluations": len(curve),
         "ratio": ratio,
-        "best": {str(n): _best_config(data, result.evaluated[:n]) for n in CHECKPOINTS},
+        "best": {str(n): _best_config(data, result.evaluated[:n]) for n in checkpoints},
         "curve": [None if b is None else round(b / result.optimum, 5) for b in curve],
     }
 
@@ -179,6 +182,9 @@ def summarise(rows: list[dict]) -> list[dict]:
             "median_evals_to_2pct": None if median == float("inf") else median,
         }
         for n in CHECKPOINTS:
+            if any(str(n) not in r["ratio"] for r in group):  # past the budget
+                entry[f"mean_best_over_opt@{n}"] = entry[f"median_best_over_opt@{n}"] = None
+                continue
             vals = [r["ratio"][str(n)] if r["ratio"][str(n)] is not None else float("inf") for r in group]
             finite = [v for v in vals if v != float("inf")]
             entry[f"mean_best_over_opt@{n}"] = round(statistics.mean(finite), 4) if finite else None

@@ -85,8 +85,7 @@ def markdown(rows: list[dict], candidate: str) -> str:
             f"| {f.split('.')[0]} | {fmt(m50)} | {_count(mine['at_optimum@50'])} | "
             f"{fmt(best_kt50['median_best_over_opt@50'])} "
             f"({best_kt50['strategy']}) | {fmt(k200)} ({best_kt['strategy']}) | "
-            f"{'yes' if m50 is not None and k200 is not None and m50 <= k200 else 'no'} | "
-            f"{'yes' if m200 is not None and m200 <= 1.02 else 'no'} |"
+            f"{_verdict(m50, k200)} | {_verdict(m200, 1.02)} |"
         )
     return "\n".join(out) + "\n"
 
@@ -94,28 +93,37 @@ def markdown(rows: list[dict], candidate: str) -> str:
 def overall(rows: list[dict], strategies: list[str]) -> list[str]:
     """Per strategy, over the files it ran on: the mean over files of each file's mean best/optimum at each
     checkpoint, the median over files of the median evaluations to 2 % (a file the median run never got
-    within 2 % counts as not reached), and the files whose median is within 2 % after 200. Rows with the
+    within 2 % counts as not reached), and the files whose median is within 2 % at the end of the runs (after
+    200 evaluations in the benchmark's runs). Rows with the
     same file count are comparable; the others cover a subset."""
     out = [
         "Overall (each file weighs the same; compare rows over the same files):",
         "",
-        "| strategy | files | mean best/opt @25 | @50 | @100 | @200 | median evals to 2 % | within 2 % @200 |",
+        "| strategy | files | mean best/opt @25 | @50 | @100 | @200 | median evals to 2 % | within 2 % at the end |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for s in strategies:
         # a file the strategy produced no result on (Kernel Tuner's bayes_opt on 15 configs) is left out
-        mine = [r for r in rows if r["strategy"] == s and r["mean_best_over_opt@200"] is not None]
+        mine = [r for r in rows if r["strategy"] == s and r["median_curve"]]
         if not mine:
             continue
-        cells = [f"{statistics.mean(r[f'mean_best_over_opt@{n}'] for r in mine):.3f}" for n in CHECKPOINTS]
+        cells = []
+        for n in CHECKPOINTS:
+            means = [r[f"mean_best_over_opt@{n}"] for r in mine]
+            cells.append("–" if None in means else f"{statistics.mean(means):.3f}")  # None: past the budget
         reach = [r["median_evals_to_2pct"] if r["median_evals_to_2pct"] is not None else math.inf for r in mine]
         median = statistics.median(reach)
-        within = sum(r["median_best_over_opt@200"] is not None and r["median_best_over_opt@200"] <= 1.02 for r in mine)
+        within = sum(r["median_curve"][-1] is not None and r["median_curve"][-1] <= 1.02 for r in mine)
         out.append(
             f"| {s} | {len(mine)} | {' | '.join(cells)} | {'not reached' if median == math.inf else fmt(median)} | "
             f"{within}/{len(mine)} |"
         )
     return out
+
+
+def _verdict(value: float | None, bound: float | None) -> str:
+    """yes/no for value <= bound; "–" where a run shorter than 200 evaluations leaves one unknown."""
+    return "–" if value is None or bound is None else ("yes" if value <= bound else "no")
 
 
 def _count(hits: tuple[int, int] | None) -> str:
