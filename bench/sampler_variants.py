@@ -30,7 +30,9 @@ with the shortest fitted length scales); ``randomwalk`` (local picks in random o
 usual); ``additive``, ``additive0.1``, ``additive10`` (the GP models the residual of a ridge regression,
 α = 1, 0.1 or 10, on one-hot params); ``pattern`` (after an improvement that changed one param, the next
 value the same way along it is measured first); ``pi`` (local picks by probability of improvement);
-``localgp`` (local picks from a GP fitted to the configs within two params of the incumbent). In the
+``localgp`` (local picks from a GP fitted to the configs within two params of the incumbent);
+``patient1``, ``patient2``, ``patient4`` (once a neighbour beats the walk's centre, 1, 2 or 4 more of the
+centre's neighbours are measured before the walk moves to the best). In the
 result files written before 2026-11-24,
 ``default`` is what ``incumbent`` is now, and the elite runs broke ties between equal times by config index
 rather than by measurement order.
@@ -300,6 +302,32 @@ class LocalScore(Variant):
         return int(pool[int(np.argmax(cs._expected_improvement(mu, sigma, best, self._xi)))])
 
 
+class Patient(Variant):
+    """A walk closer to steepest descent: once a neighbour of the walk's centre beats it, ``m`` more of the
+    centre's neighbours (by expected improvement) are measured before the walk moves to the best config,
+    so it steps to the better of several improving neighbours rather than to the first."""
+
+    m = 2
+
+    def _pool(self, observed, free):
+        if not (self._local and len(observed) >= self._local_after and self._rng.random() < self._local):
+            return free
+        values = [v if v is not None else np.inf for _, v in observed]
+        incumbent = observed[int(np.argmin(values))][0]
+        centre = getattr(self, "_centre", None)
+        if centre is None or centre == incumbent:
+            self._centre, self._extra = incumbent, 0
+        elif self._extra >= self.m:  # improved on, and m more neighbours measured: step
+            self._centre, self._extra = incumbent, 0
+        else:
+            self._extra += 1
+        near = free[(self._raw[free] != self._raw[self._centre]).sum(axis=1) <= 1]
+        if near.size:
+            return near
+        self._centre = incumbent
+        return super()._pool(observed, free)
+
+
 class Acquisition(Variant):
     """The default pool and model with another score than expected improvement."""
 
@@ -361,6 +389,7 @@ def make(variant: str, candidates, distributions, seed) -> Variant:
     classes["adjacent2"] = Adjacent2
     classes["randomwalk"] = RandomWalk
     classes["pattern"] = Pattern
+    classes |= dict.fromkeys(("patient1", "patient2", "patient4"), Patient)
     classes |= dict.fromkeys(("pi", "localgp"), LocalScore)
     classes |= dict.fromkeys(("additive", "additive0.1", "additive10"), Additive)
     classes |= dict.fromkeys(("plane2", "plane3"), Plane)
@@ -374,6 +403,8 @@ def make(variant: str, candidates, distributions, seed) -> Variant:
     sampler = classes[name](candidates, distributions, seed=seed, **options)
     if name in ("top3", "top5"):
         sampler.k = int(name[3:])
+    if name.startswith("patient"):
+        sampler.m = int(name.removeprefix("patient"))
     if classes[name] is LocalScore:
         sampler.score = name
     if name.startswith("additive"):
