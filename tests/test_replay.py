@@ -80,6 +80,27 @@ def test_a_t4_results_file_replays_like_the_same_kernel_tuner_cache(tmp_path):
         assert a.best_so_far == pytest.approx(b.best_so_far) and a.failed == b.failed == 2
 
 
+def test_a_t4_file_with_a_throughput_objective_replays_its_time_or_is_refused(tmp_path):
+    """Replay minimises time. A T4 file whose objective is GFLOP/s, higher is better, still holds the time
+    of each config, and that is what is replayed; one that holds only GFLOP/s is refused, not minimised."""
+    plain = load_recording(synthetic_t4(tmp_path / "plain_T4.json.gz"))
+    doc = json.load(gzip.open(synthetic_t4(tmp_path / "t.json.gz"), "rt"))
+    for result in doc["results"]:
+        time = result["measurements"][0]["value"]
+        flops = 1e3 / time if isinstance(time, float) else time
+        result["measurements"].insert(0, {"name": "GFLOP/s", "value": flops, "unit": "GFLOP/s"})
+        result["objectives"] = ["GFLOP/s"]
+    both = tmp_path / "throughput_T4.json"
+    both.write_text(json.dumps(doc))
+    assert load_recording(both).records == plain.records and load_recording(both).optimum == 10.0 + 1
+    for result in doc["results"]:
+        result["measurements"] = result["measurements"][:1]
+    only = tmp_path / "throughput_only_T4.json"
+    only.write_text(json.dumps(doc))
+    with pytest.raises(SpecError, match="measures 'GFLOP/s' in 'GFLOP/s' and no 'time'; replay minimises a time"):
+        load_recording(only)
+
+
 def test_brute_force_budget_reproduces_the_optimum(tmp_path):
     data = load_kernel_tuner_cache(synthetic_cache(tmp_path / "c.json.gz"))
     assert data.optimum == 11.0  # (a=1, b=0); (0, 0) would be 10 but failed

@@ -146,8 +146,11 @@ def load_t4_results(path: Path, data: object = None) -> ReplayData:
 
     Each result holds a ``configuration``, its ``measurements`` and an ``invalidity``: "correct" is a
     success, "compile" and "runtime" are recorded failures, "constraints" lies outside the space. The
-    replayed value is the file's first objective (``time`` unless it names another); the tuning cost is
-    compilation + validation + the benchmark runtimes, what Kernel Tuner's simulation mode charges.
+    replayed value is a time, which replay minimises: the result's ``time`` measurement wherever it has one,
+    even when the file's objective is another (a throughput); otherwise its first objective, if that is
+    measured in a unit of time. A file that measures only something else (GFLOP/s alone) is refused rather
+    than minimised. The tuning cost is compilation + validation + the benchmark runtimes, what Kernel
+    Tuner's simulation mode charges.
     ``data``: the file's content when the caller has already read it.
     """
     try:
@@ -167,10 +170,18 @@ def load_t4_results(path: Path, data: object = None) -> ReplayData:
             cost = (
                 (times.get("compilation", 0) + times.get("validation", 0) + sum(times.get("runtimes", []))) * unit / 1e3
             )
-            objective = (result.get("objectives") or ["time"])[0]
-            value = next((m["value"] for m in result.get("measurements", []) if m.get("name") == objective), None)
+            measured = {m.get("name"): m for m in result.get("measurements", [])}
+            # Replay minimises time: a file whose objective is a throughput (GFLOP/s) still measures time.
+            objective = "time" if "time" in measured else (result.get("objectives") or ["time"])[0]
+            value = measured.get(objective, {}).get("value")
+            objective_unit = measured.get(objective, {}).get("unit")
         except (KeyError, TypeError, AttributeError) as exc:
             raise SpecError(f"{path}: result {n} is malformed ({type(exc).__name__}: {exc})") from None
+        if objective != "time" and objective in measured and objective_unit not in T4_UNITS_TO_MS:
+            raise SpecError(
+                f"{path}: result {n} measures {objective!r} in {objective_unit!r} and no 'time'; "
+                "replay minimises a time"
+            )
         if result.get("invalidity", "correct") != "correct" or result.get("correctness", 1) == 0:
             reason = value if isinstance(value, str) else f"{result.get('invalidity')} failure"
             records.setdefault(point, Record(None, reason, cost))
