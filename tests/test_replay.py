@@ -225,6 +225,26 @@ def test_replays_a_cotune_trial_table(tmp_path, tune_one):
     assert len(result.best_so_far) == outcome.measured and result.best_so_far[-1] == data.optimum
 
 
+def test_a_throughput_study_s_trial_table_replays_its_times(tmp_path, tune_one):
+    """Replay minimises time. A max_throughput study tells Optuna GFLOP/s, higher is better; its trial table
+    still holds each trial's measured times, and those are replayed, so the optimum is the fastest config."""
+    from tuner.replay import load_recording
+    from tuner.trial_record import record
+    from tuner.types import Measurement
+
+    outcome, study, _ = tune_one(
+        "name: flops\nkernel: c_matmul\nproblems: [{M: 32, N: 32, K: 32}]\nobjective: max_throughput\n"
+        "budget: {trials: 6}\nsampler: {name: random, seed: 0}\ntop_k: 1\n"
+        "bench: {warmup: 0, repeats: 1, remeasure_repeats: 1}\n"
+    )
+    study.trials_dataframe().to_csv(tmp_path / "trials.csv", index=False)
+    data = load_recording(tmp_path / "trials.csv")
+    times = [Measurement.from_json(record(t)["measurement"]).median_s * 1e3 for t in study.trials if t.value]
+    assert len(data.records) == outcome.measured == len(times)
+    assert sorted(r.time_ms for r in data.records.values()) == pytest.approx(sorted(times))
+    assert data.optimum == pytest.approx(min(times))
+
+
 def test_same_program_replays_each_program_once_as_a_study_does(tmp_path):
     """A cotune recording names its kernel and problem, so a replay can measure each program once
     (Kernel.program_key): at M=16 a Triton matmul's four GROUP_M values are one program, 2,688 configs 672."""

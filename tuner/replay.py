@@ -207,8 +207,8 @@ def load_trial_table(path: Path) -> ReplayData:
 
     Only what the study measured is known, so the replay explores that subset: configs it never measured
     count as outside the space, and the optimum is the best measured time. Repeats and infeasible
-    proposals (PRUNED) are left out; failed trials are recorded failures. Values are the study's
-    objective values (seconds for min_time), replayed as milliseconds.
+    proposals (PRUNED) are left out; failed trials are recorded failures. The replayed value is each trial's
+    measured median time, in milliseconds, whatever the study's objective was.
     """
     import ast
     import csv
@@ -233,7 +233,7 @@ def load_trial_table(path: Path) -> ReplayData:
         point = tuple(_cell(row[k]) for k in keys)
         cost = pd.to_timedelta(row["duration"]).total_seconds() if row.get("duration") else 0.0
         if row["state"] == "COMPLETE":
-            records.setdefault(point, Record(float(row["value"]) * 1e3, None, cost))
+            records.setdefault(point, Record(_trial_time_ms(row, record), None, cost))
         else:
             records.setdefault(point, Record(None, record.get("reason", "failed"), cost))
     if not any(r.time_ms is not None for r in records.values()):
@@ -241,6 +241,16 @@ def load_trial_table(path: Path) -> ReplayData:
     names = tuple(k.removeprefix("params_") for k in keys)
     values = {n: tuple(dict.fromkeys(p[i] for p in records)) for i, n in enumerate(names)}
     return ReplayData(path.name, names, values, records)
+
+
+def _trial_time_ms(row: dict, record: dict) -> float:
+    """A completed trial's time: its measurement's median, whatever the study's objective (a throughput or
+    energy study tells Optuna GFLOP/s or joules); the objective value, as seconds, in a table without one."""
+    from tuner.types import Measurement
+
+    if record.get("measurement"):
+        return Measurement.from_json(record["measurement"]).median_s * 1e3
+    return float(row.get("value") or row["values_0"]) * 1e3
 
 
 def load_recording(path: Path) -> ReplayData:
