@@ -101,6 +101,21 @@ def test_a_t4_file_with_a_throughput_objective_replays_its_time_or_is_refused(tm
         load_recording(only)
 
 
+def test_an_older_kernel_tuner_cache_s_1e20_times_are_failures(tmp_path):
+    """Kernel Tuner releases before the failure markers cached a failed config with time 1e20. Read as a
+    time, it would be measured as a success and swamp the sampler's log-time model; it is a failure."""
+    doc = json.load(gzip.open(synthetic_cache(tmp_path / "c.json.gz"), "rt"))
+    doc["cache"]["0,0"]["time"] = 1e20
+    doc["cache"]["3,3"]["time"] = 1e20
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(doc))
+    data = load_recording(old)
+    assert data.records[(0, 0)].time_ms is None and "older Kernel Tuner" in data.records[(0, 0)].failure
+    assert data.optimum == 11.0
+    result = replay(data, sampler="cotune", budget=15, seed=0)
+    assert result.failed == 2 and result.best_so_far[-1] == 11.0
+
+
 def test_brute_force_budget_reproduces_the_optimum(tmp_path):
     data = load_kernel_tuner_cache(synthetic_cache(tmp_path / "c.json.gz"))
     assert data.optimum == 11.0  # (a=1, b=0); (0, 0) would be 10 but failed

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from optuna.distributions import CategoricalDistribution
 
 FAILURE_MARKERS = ("CompilationFailedConfig", "RuntimeFailedConfig")
+# Older Kernel Tuner releases cached a config that failed to compile or run with this time instead of a marker.
+OLD_FAILURE_TIME_MS = 1e20
 MAX_IDLE_PROPOSALS = 1000
 
 
@@ -123,11 +125,14 @@ def load_kernel_tuner_cache(path: Path, data: object = None) -> ReplayData:
             point = _point(entry, keys)
             t = entry["time"]
             cost = (float(entry.get("compile_time", 0)) + float(entry.get("benchmark_time", 0))) / 1e3
-            failed = isinstance(t, str) or not math.isfinite(float(t))
+            failed = isinstance(t, str) or not math.isfinite(float(t)) or float(t) >= OLD_FAILURE_TIME_MS
         except (KeyError, TypeError, ValueError) as exc:
             raise SpecError(f"{path}: cache entry {name!r} is malformed ({type(exc).__name__}: {exc})") from None
         if failed:
-            records[point] = Record(None, str(t) if t in FAILURE_MARKERS else f"recorded time {t!r}", cost)
+            reason = str(t) if t in FAILURE_MARKERS else f"recorded time {t!r}"
+            if not isinstance(t, str) and float(t) >= OLD_FAILURE_TIME_MS:
+                reason += " (older Kernel Tuner's mark of a config that failed to compile or run)"
+            records[point] = Record(None, reason, cost)
         else:
             records[point] = Record(float(t), None, cost)
     if not any(r.time_ms is not None for r in records.values()):
