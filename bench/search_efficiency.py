@@ -17,6 +17,9 @@ cotune's sampler names, or one of them with:
 - ``+patience=N``: stop after N evaluations without a 1 % gain;
 - ``+programs``: measure each program once, as a study does (``Kernel.program_key``: at M=16 the four
   GROUP_M values of a Triton matmul config are one program); cotune's own recordings only;
+- ``+nofail``: leave the recorded failures out of the space, as Kernel Tuner's ``tune_cache`` does (it infers
+  its restrictions from the configs without an error, so its strategies never spend an evaluation on one);
+  an oracle no real search has, to measure what that difference in protocol is worth;
 - ``[n_startup=5]`` and the like: sampler settings;
 
 or ``kt:<strategy>`` for Kernel Tuner's own (bench/kernel_tuner_peer.py).
@@ -63,6 +66,9 @@ def one(args: tuple[str, str, int, int]) -> dict:
         name, options = _parse_strategy(strategy)
         same_program = "+programs" in name  # measure each program once, as a study does (Kernel.program_key)
         name = name.replace("+programs", "")
+        if "+nofail" in name:
+            name = name.replace("+nofail", "")
+            data = data.subset([p for p, r in data.records.items() if r.time_ms is not None])
         patience = None
         if "+patience=" in name:
             name, _, n = name.partition("+patience=")
@@ -208,6 +214,14 @@ def _median_curve(curves: list[list]) -> list[float | None]:
     return out
 
 
+def recordings(folder: Path) -> list[str]:
+    """The recordings in a folder (Kernel Tuner caches, T4 files, cotune trial tables), a T4 copy of a Kernel
+    Tuner cache that is there too left out (the shared data holds convolution_RTX_3090 in both forms); a T4
+    file with no such twin is a recording of its own."""
+    names = {p.name for pattern in ("*.json*", "*.csv") for p in folder.glob(pattern)}
+    return sorted(n for n in names if "_T4" not in n or n.replace("_T4", "") not in names)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=Path("../shared/bench/replay"))
@@ -217,12 +231,13 @@ def main() -> None:
     ap.add_argument(
         "--files",
         nargs="*",
-        help="file names under --data, Kernel Tuner caches or T4 results (default: every cache; T4 copies are skipped)",
+        help="file names under --data: Kernel Tuner caches, T4 results, cotune trial tables (default: every "
+        "one, but a T4 file whose Kernel Tuner cache is there too: NAME_T4.json.gz beside NAME.json.gz)",
     )
     ap.add_argument("--out", type=Path, default=Path("bench/results/search_efficiency.json"))
     ap.add_argument("--procs", type=int, default=None, help="worker processes (default: one per core)")
     args = ap.parse_args()
-    names = args.files or sorted(p.name for p in args.data.glob("*.json*") if "_T4" not in p.name)
+    names = args.files or recordings(args.data)
     jobs = [
         (str(args.data / f), s, seed, args.budget) for f in names for s in args.strategies for seed in range(args.seeds)
     ]
