@@ -9,6 +9,7 @@ cut at the budget. Kernel Tuner (``pip install kernel-tuner``) is a benchmark-on
 from __future__ import annotations
 
 import gzip
+import json
 import random
 import shutil
 import tempfile
@@ -17,19 +18,56 @@ from pathlib import Path
 
 import numpy as np
 
+from tuner.replay import FAILURE_MARKERS, ReplayData, load_recording
+
 _plain: dict[str, Path] = {}
 
 
-def _uncompressed(path: Path) -> Path:
-    """Kernel Tuner reads plain JSON only."""
-    if path.suffix != ".gz":
-        return path
-    if str(path) not in _plain:
-        out = Path(tempfile.mkdtemp(prefix="cotune-kt-")) / path.name.removesuffix(".gz")
+def _kernel_tuner_file(path: Path) -> Path:
+    """What ``tune_cache`` can read: plain JSON in its own cache format. A gzip-compressed cache is
+    uncompressed; a T4 file or a cotune trial table is written out as a cache of the same recording."""
+    if str(path) in _plain:
+        return _plain[str(path)]
+    out = path
+    if path.suffix == ".csv" or "cache" not in json.loads(_read_text(path)):
+        out = _scratch()
+        out.write_text(json.dumps(_as_cache(load_recording(path))))
+    elif path.suffix == ".gz":
+        out = _scratch()
         with gzip.open(path, "rb") as src, open(out, "wb") as dst:
             shutil.copyfileobj(src, dst)
-        _plain[str(path)] = out
-    return _plain[str(path)]
+    _plain[str(path)] = out
+    return out
+
+
+def _scratch() -> Path:
+    with tempfile.NamedTemporaryFile(prefix="cotune-kt-", suffix=".json", delete=False) as tmp:
+        return Path(tmp.name)
+
+
+def _read_text(path: Path) -> str:
+    return gzip.open(path, "rt").read() if path.suffix == ".gz" else path.read_text()
+
+
+def _as_cache(data: ReplayData) -> dict:
+    """A recording in Kernel Tuner's cache format: a failure keeps its marker when it has one (Kernel Tuner
+    leaves a config with any error out of its space), and the tuning cost is charged as compile time."""
+    cache = {}
+    for point, record in data.records.items():
+        failure = record.failure if record.failure in FAILURE_MARKERS else "RuntimeFailedConfig"
+        entry = dict(zip(data.keys, point, strict=True))
+        entry |= {"time": record.time_ms if record.time_ms is not None else failure}
+        entry |= {"compile_time": record.cost_s * 1e3, "verification_time": 0, "benchmark_time": 0}
+        cache[",".join(str(v) for v in point)] = entry
+    return {
+        "device_name": "",
+        "kernel_name": data.name,
+        "problem_size": [1],
+        "tune_params_keys": list(data.keys),
+        "tune_params": {k: list(data.values[k]) for k in data.keys},
+        "objective": "time",
+        "cache": cache,
+    }
 
 
 def kt_best_so_far(
@@ -45,7 +83,7 @@ def kt_best_so_far(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         results, _ = tune_cache(
-            str(_uncompressed(path)),
+            str(_kernel_tuner_file(path)),
             strategy=strategy,
             strategy_options={"max_fevals": budget},
             verbose=False,
