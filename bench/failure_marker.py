@@ -22,7 +22,6 @@ import statistics
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import numpy as np
 from sampler_variants import make, save  # bench/ is on sys.path when run as a script
 
 from tuner.replay import OLD_FAILURE_TIME_MS, load_recording
@@ -36,19 +35,7 @@ def one(args: tuple[str, int, int, bool]) -> dict:
     sampler = make("default", data.candidates(), data.distributions(), seed)
     times = [data.records[p].time_ms for p in sampler._points]
     told = [OLD_FAILURE_TIME_MS if t is None and as_time else t for t in times]
-    taken = np.zeros(len(times), dtype=bool)
-    observed: list[tuple[int, float | None]] = []
-    for _ in range(min(budget, len(times))):
-        free = np.flatnonzero(~taken)
-        measured = sum(v is not None for _, v in observed)
-        pick = (
-            sampler.first_pick(free, observed)
-            if measured < max(2, sampler._n_startup)
-            else sampler.next_pick(observed, free)
-        )
-        taken[pick] = True
-        observed.append((pick, told[pick]))
-    best = min(times[i] for i, _ in observed if times[i] is not None)
+    best = min(times[i] for i in sampler.picks(told, budget) if times[i] is not None)
     return {"file": data.name, "seed": seed, "failure_as_time": as_time, "ratio": best / data.optimum}
 
 

@@ -52,6 +52,7 @@ import json
 import shlex
 import statistics
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -80,6 +81,22 @@ class Variant(cs.CandidateSampler):
 
     def next_pick(self, observed: list, free: np.ndarray) -> int:
         return self._best_expected_improvement(observed, free)
+
+    def picks(self, told: list, budget: int) -> Iterator[int]:
+        """The search's picks in order, each config told its value in ``told`` (None: it failed): random
+        starts, then the method's picks, as the sampler makes them in a replay."""
+        taken = np.zeros(len(told), dtype=bool)
+        observed: list[tuple[int, float | None]] = []
+        for _ in range(min(budget, len(told))):
+            free = np.flatnonzero(~taken)
+            measured = sum(v is not None for _, v in observed)
+            if measured < max(2, self._n_startup):
+                pick = self.first_pick(free, observed)
+            else:
+                pick = self.next_pick(observed, free)
+            taken[pick] = True
+            observed.append((pick, told[pick]))
+            yield pick
 
     def steps(self) -> np.ndarray:
         """Each config's values as their positions among the param's sorted values (one row per config)."""
@@ -428,18 +445,7 @@ def one(args: tuple[str, str, int, int]) -> dict:
     data = load_recording(Path(path))
     sampler = make(variant, data.candidates(), data.distributions(), seed)
     times = [data.records[p].time_ms for p in sampler._points]
-    taken = np.zeros(len(times), dtype=bool)
-    observed: list[tuple[int, float | None]] = []
-    for _ in range(min(budget, len(times))):
-        free = np.flatnonzero(~taken)
-        measured = sum(v is not None for _, v in observed)
-        if measured < max(2, sampler._n_startup):
-            pick = sampler.first_pick(free, observed)
-        else:
-            pick = sampler.next_pick(observed, free)
-        taken[pick] = True
-        observed.append((pick, times[pick]))
-    best = min(v for _, v in observed if v is not None)
+    best = min(times[i] for i in sampler.picks(times, budget) if times[i] is not None)
     return {"file": data.name, "variant": variant, "seed": seed, "ratio": best / data.optimum}
 
 

@@ -69,20 +69,9 @@ def one(args: tuple[str, str, int, int]) -> dict:
     t = np.array([np.inf if x is None else x for x in times])
     end, _ = descent(t, neighbours(sampler._points))
     optimum = int(np.argmin(t))
-    taken = np.zeros(len(times), dtype=bool)
-    observed: list[tuple[int, float | None]] = []
     best: int | None = None
     in_basin = hit = None
-    for evaluation in range(1, min(budget, len(times)) + 1):
-        free = np.flatnonzero(~taken)
-        measured = sum(v is not None for _, v in observed)
-        pick = (
-            sampler.first_pick(free, observed)
-            if measured < max(2, sampler._n_startup)
-            else sampler.next_pick(observed, free)
-        )
-        taken[pick] = True
-        observed.append((pick, times[pick]))
+    for evaluation, pick in enumerate(sampler.picks(times, budget), 1):
         if times[pick] is not None and (best is None or t[pick] < t[best]):
             best = pick
         if in_basin is None and best is not None and end[best] == optimum:
