@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tuner.replay import FAILURE_MARKERS, ReplayData, load_recording
+from tuner.replay import FAILURE_MARKERS, ReplayData, is_t4, load_recording, read_json
 
 _plain: dict[str, Path] = {}
 
@@ -29,7 +29,7 @@ def _kernel_tuner_file(path: Path) -> Path:
     if str(path) in _plain:
         return _plain[str(path)]
     out = path
-    if path.suffix == ".csv" or "cache" not in json.loads(_read_text(path)):
+    if path.suffix == ".csv" or is_t4(read_json(path)):
         out = _scratch()
         out.write_text(json.dumps(_as_cache(load_recording(path))))
     elif path.suffix == ".gz":
@@ -43,10 +43,6 @@ def _kernel_tuner_file(path: Path) -> Path:
 def _scratch() -> Path:
     with tempfile.NamedTemporaryFile(prefix="cotune-kt-", suffix=".json", delete=False) as tmp:
         return Path(tmp.name)
-
-
-def _read_text(path: Path) -> str:
-    return gzip.open(path, "rt").read() if path.suffix == ".gz" else path.read_text()
 
 
 def _as_cache(data: ReplayData) -> dict:

@@ -338,15 +338,7 @@ class StudySession:
             best = _remeasure(_top_k_trials(self.study, self.spec), self.objective, self.spec)
             best = min(best, key=lambda b: _rank(b.remeasured, self.spec.objective), default=None)
         if best is not None:
-            self.study.set_user_attr(
-                "best",
-                {
-                    "trial": best.trial_number,
-                    "config": best.config.values,
-                    "tuned": best.tuned.to_json(),
-                    "remeasured": best.remeasured.to_json(),
-                },
-            )
+            self.study.set_user_attr("best", best.to_json())
         self.tracker.finish_study(best, self.study)
         return best
 

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 
 from tuner.errors import StorageError
 from tuner.tracker import BestLog, StudyInfo, TrialLog
-from tuner.trial_record import TRIAL_ATTR, record
-from tuner.types import Config, FailureKind, Measurement, TrialStatus
+from tuner.trial_record import TRIAL_ATTR, record, result_from_trial
+from tuner.types import Config, FailureKind, TrialStatus
 
 if TYPE_CHECKING:
     import optuna
@@ -288,34 +288,22 @@ def sync_job(storage_url: str, job: str, tracking_uri: str) -> list[tuple[str, i
                 continue
             study = optuna.load_study(study_name=summary.study_name, storage=storage)
             tracker.resume_study(run_id)
-            done.append((summary.study_name, tracker.record_study(best_log(study.user_attrs.get("best")), study)))
+            best = study.user_attrs.get("best")
+            done.append((summary.study_name, tracker.record_study(BestLog.from_json(best) if best else None, study)))
     finally:
         tracker.close()
     return done
 
 
-def best_log(best: dict | None) -> BestLog | None:
-    """A study's recorded best (its ``best`` user attribute), as the tracker takes it."""
-    if not best:
-        return None
-    return BestLog(
-        best["trial"],
-        Config.make(best["config"]),
-        Measurement.from_json(best["tuned"]),
-        Measurement.from_json(best["remeasured"]),
-    )
-
-
 def trial_log(t: optuna.trial.FrozenTrial) -> TrialLog:
     """What a child run shows of a finished trial, from the study's own record of it."""
     stored = record(t)
-    measurement = Measurement.from_json(stored["measurement"]) if stored.get("measurement") else None
     return TrialLog(
         t.number,
         Config.make(t.params),
         TrialStatus(stored["status"]),
         t.value if t.values is not None and len(t.values) == 1 else None,
-        measurement,
+        result_from_trial(t).measurement,
         stored.get("reason"),
         stored.get("duplicate_of"),
         t.duration.total_seconds() if t.duration else 0.0,

@@ -104,7 +104,7 @@ def _point(config: dict, keys: tuple[str, ...]) -> tuple:
     return point
 
 
-def _read_json(path: Path) -> object:
+def read_json(path: Path) -> object:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt") as f:
         return json.load(f)
@@ -113,7 +113,7 @@ def _read_json(path: Path) -> object:
 def load_kernel_tuner_cache(path: Path, data: object = None) -> ReplayData:
     """``data``: the file's content when the caller has already read it."""
     try:
-        data = _read_json(path) if data is None else data
+        data = read_json(path) if data is None else data
         keys = tuple(data["tune_params_keys"])
         values = {k: tuple(data["tune_params"][k]) for k in keys}
         cache = data["cache"]
@@ -125,16 +125,16 @@ def load_kernel_tuner_cache(path: Path, data: object = None) -> ReplayData:
             point = _point(entry, keys)
             t = entry["time"]
             cost = (float(entry.get("compile_time", 0)) + float(entry.get("benchmark_time", 0))) / 1e3
-            failed = isinstance(t, str) or not math.isfinite(float(t)) or float(t) >= OLD_FAILURE_TIME_MS
+            time_ms = None if isinstance(t, str) else float(t)
         except (KeyError, TypeError, ValueError) as exc:
             raise SpecError(f"{path}: cache entry {name!r} is malformed ({type(exc).__name__}: {exc})") from None
-        if failed:
-            reason = str(t) if t in FAILURE_MARKERS else f"recorded time {t!r}"
-            if not isinstance(t, str) and float(t) >= OLD_FAILURE_TIME_MS:
-                reason += " (older Kernel Tuner's mark of a config that failed to compile or run)"
+        if time_ms is not None and time_ms >= OLD_FAILURE_TIME_MS:
+            reason = f"recorded time {t!r} (older Kernel Tuner's mark of a config that failed to compile or run)"
             records[point] = Record(None, reason, cost)
+        elif time_ms is None or not math.isfinite(time_ms):
+            records[point] = Record(None, str(t) if t in FAILURE_MARKERS else f"recorded time {t!r}", cost)
         else:
-            records[point] = Record(float(t), None, cost)
+            records[point] = Record(time_ms, None, cost)
     if not any(r.time_ms is not None for r in records.values()):
         raise SpecError(f"{path}: the cache holds no successful measurement")
     problem = data.get("problem")  # a dict of shape dims in cotune's recordings only (Kernel Tuner's has none)
@@ -159,7 +159,7 @@ def load_t4_results(path: Path, data: object = None) -> ReplayData:
     ``data``: the file's content when the caller has already read it.
     """
     try:
-        data = _read_json(path) if data is None else data
+        data = read_json(path) if data is None else data
         results = data["results"]
         unit = T4_UNITS_TO_MS[data.get("metadata", {}).get("timeunit", "milliseconds")]
         keys = tuple(results[0]["configuration"])
@@ -263,11 +263,15 @@ def load_recording(path: Path) -> ReplayData:
     if path.suffix == ".csv":
         return load_trial_table(path)
     try:
-        data = _read_json(path)
+        data = read_json(path)
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SpecError(f"{path}: not a recording ({type(exc).__name__}: {exc})") from None
-    is_t4 = isinstance(data, dict) and "results" in data and "cache" not in data
-    return load_t4_results(path, data) if is_t4 else load_kernel_tuner_cache(path, data)
+    return load_t4_results(path, data) if is_t4(data) else load_kernel_tuner_cache(path, data)
+
+
+def is_t4(data: object) -> bool:
+    """Whether a recording's JSON content is a T4 results file rather than a Kernel Tuner cache."""
+    return isinstance(data, dict) and "results" in data and "cache" not in data
 
 
 def _cell(text: str):

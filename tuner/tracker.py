@@ -38,6 +38,24 @@ class BestLog:
     tuned: Measurement
     remeasured: Measurement
 
+    def to_json(self) -> dict:
+        """As a study keeps it, in its ``best`` user attribute."""
+        return {
+            "trial": self.trial_number,
+            "config": self.config.values,
+            "tuned": self.tuned.to_json(),
+            "remeasured": self.remeasured.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> BestLog:
+        return cls(
+            data["trial"],
+            Config.make(data["config"]),
+            Measurement.from_json(data["tuned"]),
+            Measurement.from_json(data["remeasured"]),
+        )
+
 
 @dataclass(frozen=True)
 class StudyInfo:
