@@ -18,7 +18,7 @@ import math
 import statistics
 from pathlib import Path
 
-CHECKPOINTS = (25, 50, 100, 200)  # as bench/search_efficiency.py records them
+from search_efficiency import CHECKPOINTS  # bench/ is on sys.path when run as a script
 
 
 def load(paths: list[Path]) -> list[dict]:
@@ -94,8 +94,8 @@ def overall(rows: list[dict], strategies: list[str]) -> list[str]:
     """Per strategy, over the files it ran on: the mean over files of each file's mean best/optimum at each
     checkpoint, the median over files of the median evaluations to 2 % (a file the median run never got
     within 2 % counts as not reached), and the files whose median is within 2 % at the end of the runs (after
-    200 evaluations in the benchmark's runs). Rows with the
-    same file count are comparable; the others cover a subset."""
+    200 evaluations in the benchmark's runs). Rows with the same file count are comparable; the others
+    cover a subset."""
     out = [
         "Overall (each file weighs the same; compare rows over the same files):",
         "",
