@@ -116,6 +116,56 @@ def test_an_older_kernel_tuner_cache_s_1e20_times_are_failures(tmp_path):
     assert result.failed == 2 and result.best_so_far[-1] == 11.0
 
 
+def as_kernel_tuner_writes_it(doc: dict) -> str:
+    """A cache's text as Kernel Tuner writes it during a run: the header, then one entry per line, each
+    followed by a comma; ``close_cache`` turns the last comma into the closing braces when the run ends."""
+    header = json.dumps({k: v for k, v in doc.items() if k != "cache"}, indent="")[:-2] + ',\n"cache": {'
+    return header + "".join("\n" + json.dumps({k: v})[1:-1] + "," for k, v in doc["cache"].items())
+
+
+def test_an_interrupted_run_s_open_cache_is_read_as_kernel_tuner_reads_it(tmp_path, capsys):
+    """A brute-force run that was stopped leaves its cache open: not valid JSON, yet Kernel Tuner reads it,
+    and so must replay. If the run died mid-write, the cut entry is left out and every whole one is kept."""
+    doc = json.load(gzip.open(synthetic_cache(tmp_path / "c.json.gz"), "rt"))
+    closed = load_recording(tmp_path / "c.json.gz")
+    text = as_kernel_tuner_writes_it(doc)
+    (tmp_path / "open.json").write_text(text)
+    opened = load_recording(tmp_path / "open.json")
+    assert opened.records == closed.records and opened.notes and "never closed" in opened.notes[0]
+    assert not closed.notes
+    (tmp_path / "cut.json").write_text(text[:-30])
+    cut = load_recording(tmp_path / "cut.json")
+    last = (3, 3)  # the cache's last entry
+    assert set(cut.records) == set(closed.records) - {last} and "cut off mid-write" in cut.notes[0]
+    from typer.testing import CliRunner
+
+    from tuner.cli import app
+
+    run = CliRunner().invoke(app, ["replay", str(tmp_path / "cut.json"), "--budget", "5", "--json"])
+    assert run.exit_code == 0 and json.loads(run.stdout)["optimum"] == 11.0
+    assert "cut off mid-write" in run.stderr
+    (tmp_path / "garbage.json").write_text(text[: text.index('"cache"') - 5])  # the header itself is cut
+    with pytest.raises(SpecError, match="not a recording"):
+        load_recording(tmp_path / "garbage.json")
+
+
+def test_kernel_tuner_s_other_marks_in_a_cache(tmp_path):
+    """Kernel Tuner marks an entry as an error wherever a field holds a marker, not only its time, and
+    marks a config it never launched (too many threads per block) InvalidConfig: outside the space, like a
+    config absent from the cache, so it costs no evaluation."""
+    doc = json.load(gzip.open(synthetic_cache(tmp_path / "c.json.gz"), "rt"))
+    doc["cache"]["2,0"]["GFLOP/s"] = "RuntimeFailedConfig"  # time numeric, the other objective marked
+    doc["cache"]["3,0"]["time"] = "InvalidConfig"
+    doc["cache"]["0,1"]["time"] = "ErrorConfig"
+    (tmp_path / "marks.json").write_text(json.dumps(doc))
+    data = load_recording(tmp_path / "marks.json")
+    assert data.records[(2, 0)].failure == "RuntimeFailedConfig" and data.records[(2, 0)].time_ms is None
+    assert data.records[(0, 1)].failure == "ErrorConfig"
+    assert (3, 0) not in data.records and "outside the space: 1 configs marked InvalidConfig" in data.notes[0]
+    result = replay(data, sampler="random", budget=100, seed=0)
+    assert len(result.best_so_far) == 14 and result.failed == 4 and (3, 0) not in result.evaluated
+
+
 def test_brute_force_budget_reproduces_the_optimum(tmp_path):
     data = load_kernel_tuner_cache(synthetic_cache(tmp_path / "c.json.gz"))
     assert data.optimum == 11.0  # (a=1, b=0); (0, 0) would be 10 but failed

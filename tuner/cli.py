@@ -12,7 +12,7 @@ from rich.table import Table
 
 from tuner import codesign_cli, service_cli
 from tuner.cli_stores import MlflowOpt, StorageOpt, mlflow_for, resolve_settings, storage_for
-from tuner.console import clean_errors, fmt_time, out
+from tuner.console import clean_errors, err, fmt_time, out
 from tuner.service_cli import is_service_job, show_record
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="cotune: kernel autotuner (Optuna + MLflow)")
@@ -303,6 +303,9 @@ def replay(
 
     data = load_recording(file)
     others = [load_recording(path) for path in related or []]
+    for recording in (data, *others):
+        for note in recording.notes:
+            err.print(f"note: {recording.name}: {note}", highlight=False, soft_wrap=True)
     same_program = data.knows_programs if programs is None else programs
     result = run_replay(
         data,

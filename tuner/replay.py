@@ -8,6 +8,7 @@ simulated clock, so wall-time budgets can be replayed too.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import math
@@ -23,7 +24,10 @@ from tuner.stopping import StallDetector
 if TYPE_CHECKING:
     from optuna.distributions import CategoricalDistribution
 
-FAILURE_MARKERS = ("CompilationFailedConfig", "RuntimeFailedConfig")
+FAILURE_MARKERS = ("CompilationFailedConfig", "RuntimeFailedConfig", "ErrorConfig")
+# Kernel Tuner's mark of a config it never launched (more threads per block than the device allows, or a
+# restriction): outside the space, as a config absent from the cache is, not a measured failure.
+INVALID_MARKER = "InvalidConfig"
 # Older Kernel Tuner releases cached a config that failed to compile or run with this time instead of a marker.
 OLD_FAILURE_TIME_MS = 1e20
 MAX_IDLE_PROPOSALS = 1000
@@ -45,6 +49,7 @@ class ReplayData:
     precision: str | None = None  # where the file names it (cotune's own recordings do)
     kernel: str | None = None  # cotune's own recordings name their kernel and problem too
     problem: dict | None = None
+    notes: tuple[str, ...] = ()  # what the loader read differently from the file's face value, for the user
 
     def top(self, n: int) -> list[dict]:
         """The n fastest recorded configs, as param dicts."""
@@ -54,7 +59,7 @@ class ReplayData:
     def subset(self, points: list[tuple]) -> ReplayData:
         """What a study that evaluated only these configs would hold."""
         records = {p: self.records[p] for p in points}
-        return ReplayData(self.name, self.keys, self.values, records, self.precision, self.kernel, self.problem)
+        return dataclasses.replace(self, records=records)
 
     @property
     def knows_programs(self) -> bool:
@@ -105,41 +110,78 @@ def _point(config: dict, keys: tuple[str, ...]) -> tuple:
 
 
 def read_json(path: Path) -> object:
+    """A recording's JSON content (``read_recording_json`` without its notes)."""
+    return read_recording_json(path)[0]
+
+
+def read_recording_json(path: Path) -> tuple[object, tuple[str, ...]]:
+    """A recording's JSON content, and notes on how it was read. A Kernel Tuner cache is written one entry at
+    a time and closed only when its run ends, so an interrupted brute-force run leaves it open: it is read
+    as Kernel Tuner reads it, closed, and a last entry cut off mid-write is left out."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt") as f:
-        return json.load(f)
-
-
-def load_kernel_tuner_cache(path: Path, data: object = None) -> ReplayData:
-    """``data``: the file's content when the caller has already read it."""
+        text = f.read()
     try:
-        data = read_json(path) if data is None else data
+        return json.loads(text), ()
+    except json.JSONDecodeError as exc:
+        body = text.rstrip()
+        if '"cache": {' not in body or body.endswith(("}\n}", "}}}")):
+            raise
+        note = "the cache was never closed (an interrupted run); read as Kernel Tuner reads it"
+        if not body.endswith(","):  # its last entry was cut off: every line before that one is whole
+            body = body[: body.rfind("\n")]
+            note += ", its last entry, cut off mid-write, left out"
+        try:
+            return json.loads(body.rstrip().rstrip(",") + "}\n}"), (note,)
+        except json.JSONDecodeError:
+            raise exc from None
+
+
+def load_kernel_tuner_cache(path: Path, data: object = None, notes: tuple[str, ...] = ()) -> ReplayData:
+    """``data``: the file's content when the caller has already read it, ``notes`` how it was read.
+
+    A config is a recorded failure where any of its fields holds a failure marker, as Kernel Tuner reads
+    its cache (older releases put the marker in another objective's field, or cached a failure as time
+    1e20); one marked InvalidConfig was never launched and lies outside the space."""
+    try:
+        if data is None:
+            data, notes = read_recording_json(path)
         keys = tuple(data["tune_params_keys"])
         values = {k: tuple(data["tune_params"][k]) for k in keys}
         cache = data["cache"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise SpecError(f"{path}: not a Kernel Tuner cache file ({type(exc).__name__}: {exc})") from None
     records = {}
+    invalid = 0
     for name, entry in cache.items():
         try:
             point = _point(entry, keys)
+            marks = {v for v in entry.values() if isinstance(v, str) and v in (*FAILURE_MARKERS, INVALID_MARKER)}
             t = entry["time"]
             cost = (float(entry.get("compile_time", 0)) + float(entry.get("benchmark_time", 0))) / 1e3
             time_ms = None if isinstance(t, str) else float(t)
         except (KeyError, TypeError, ValueError) as exc:
             raise SpecError(f"{path}: cache entry {name!r} is malformed ({type(exc).__name__}: {exc})") from None
-        if time_ms is not None and time_ms >= OLD_FAILURE_TIME_MS:
+        if INVALID_MARKER in marks:
+            invalid += 1
+        elif marks:
+            records[point] = Record(None, str(t) if t in marks else min(marks), cost)
+        elif time_ms is not None and time_ms >= OLD_FAILURE_TIME_MS:
             reason = f"recorded time {t!r} (older Kernel Tuner's mark of a config that failed to compile or run)"
             records[point] = Record(None, reason, cost)
         elif time_ms is None or not math.isfinite(time_ms):
-            records[point] = Record(None, str(t) if t in FAILURE_MARKERS else f"recorded time {t!r}", cost)
+            records[point] = Record(None, f"recorded time {t!r}", cost)
         else:
             records[point] = Record(time_ms, None, cost)
     if not any(r.time_ms is not None for r in records.values()):
         raise SpecError(f"{path}: the cache holds no successful measurement")
+    if invalid:
+        notes += (f"outside the space: {invalid} configs marked InvalidConfig (never launched)",)
     problem = data.get("problem")  # a dict of shape dims in cotune's recordings only (Kernel Tuner's has none)
     kernel = data.get("kernel_name") if isinstance(problem, dict) else None
-    return ReplayData(path.name, keys, values, records, data.get("precision"), kernel, problem if kernel else None)
+    return ReplayData(
+        path.name, keys, values, records, data.get("precision"), kernel, problem if kernel else None, notes
+    )
 
 
 # T4's "timeunit" names the unit of both the measured objective and the tuning times.
@@ -263,10 +305,10 @@ def load_recording(path: Path) -> ReplayData:
     if path.suffix == ".csv":
         return load_trial_table(path)
     try:
-        data = read_json(path)
+        data, notes = read_recording_json(path)
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SpecError(f"{path}: not a recording ({type(exc).__name__}: {exc})") from None
-    return load_t4_results(path, data) if is_t4(data) else load_kernel_tuner_cache(path, data)
+    return load_t4_results(path, data) if is_t4(data) else load_kernel_tuner_cache(path, data, notes)
 
 
 def is_t4(data: object) -> bool:
