@@ -1,7 +1,10 @@
 """Search efficiency on recorded brute-force data: files x strategies x seeds, a fixed budget each.
 
-    python bench/search_efficiency.py [--data ../shared/bench/replay] [--strategies tpe random]
+    python bench/search_efficiency.py [--data ../shared/bench/replay] [--strategies cotune tpe random]
         [--seeds 20] [--budget 200] [--out bench/results/search_efficiency.json]
+
+Progress goes to stderr, one line per finished run; each finished run is also kept in OUT.runs.jsonl, so a
+stopped benchmark, run again with the same arguments, resumes instead of starting over.
 
 Reports per file and strategy: median evaluations to within 2 % of the optimum, the mean and median of
 best/optimum after 25, 50, 100 and 200 evaluations, and the median best/optimum curve. Strategies are
@@ -40,7 +43,8 @@ import platform
 import shlex
 import statistics
 import sys
-from concurrent.futures import ProcessPoolExecutor
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from tuner.replay import ReplayData, ReplayResult, load_recording, replay
@@ -112,6 +116,7 @@ def one(args: tuple[str, str, int, int]) -> dict:
         "file": data.name,
         "strategy": strategy,
         "seed": seed,
+        "budget": budget,
         "to_2pct": result.evaluations_to_within(0.02),
         "evaluations": len(curve),
         "ratio": ratio,
@@ -222,10 +227,13 @@ def recordings(folder: Path) -> list[str]:
     return sorted(n for n in names if "_T4" not in n or n.replace("_T4", "") not in names)
 
 
+SHARED_DATA = Path("../shared/bench/replay")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", type=Path, default=Path("../shared/bench/replay"))
-    ap.add_argument("--strategies", nargs="+", default=["random", "tpe"])
+    ap.add_argument("--data", type=Path, default=SHARED_DATA)
+    ap.add_argument("--strategies", nargs="+", default=["cotune", "tpe", "random"])
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--budget", type=int, default=200)
     ap.add_argument(
@@ -234,21 +242,83 @@ def main() -> None:
         help="file names under --data: Kernel Tuner caches, T4 results, cotune trial tables (default: every "
         "one, but a T4 file whose Kernel Tuner cache is there too: NAME_T4.json.gz beside NAME.json.gz)",
     )
-    ap.add_argument("--out", type=Path, default=Path("bench/results/search_efficiency.json"))
+    ap.add_argument(
+        "--out",
+        type=Path,
+        help="result file (default: bench/results/search_efficiency.json for the shared data, "
+        "bench/results/search_efficiency_<folder>.json for another --data folder)",
+    )
     ap.add_argument("--procs", type=int, default=None, help="worker processes (default: one per core)")
     args = ap.parse_args()
+    out = args.out or default_out(args.data)
     names = args.files or recordings(args.data)
     jobs = [
         (str(args.data / f), s, seed, args.budget) for f in names for s in args.strategies for seed in range(args.seeds)
     ]
-    with ProcessPoolExecutor(args.procs) as pool:
-        rows = list(pool.map(one, jobs, chunksize=4))
+    rows = run_jobs(jobs, args.procs, out.with_name(out.name + ".runs.jsonl"))
     summary = summarise(rows)
     for r in rows:
         del r["curve"]  # kept as median curves in the summary; 200 numbers per run would bloat the file
     for s in summary:
         print(json.dumps({k: v for k, v in s.items() if k != "median_curve"}))
-    write_result(args.out, "bench/search_efficiency.py", summary=summary, runs=rows)
+    write_result(out, "bench/search_efficiency.py", summary=summary, runs=rows)
+    out.with_name(out.name + ".runs.jsonl").unlink()
+    print(f"wrote {out}", file=sys.stderr)
+
+
+def default_out(data: Path) -> Path:
+    """Where a run's results go unless told: another folder's never overwrite the shared data's."""
+    if data.resolve() == SHARED_DATA.resolve():
+        return Path("bench/results/search_efficiency.json")
+    return Path(f"bench/results/search_efficiency_{data.resolve().name}.json")
+
+
+def run_jobs(jobs: list[tuple[str, str, int, int]], procs: int | None, journal: Path) -> list[dict]:
+    """Every job's row, in the jobs' order. Each finished run is appended to ``journal`` as it completes, and
+    a run already there (same file, strategy, seed and budget) is taken from it, not run again: a benchmark
+    of hundreds of runs that is stopped, or whose machine goes away, resumes where it was."""
+    text = journal.read_text() if journal.exists() else ""
+    done: dict[tuple, dict] = {}
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+            done[_row_key(row)] = row
+        except (json.JSONDecodeError, KeyError):
+            continue  # a line cut off when the run was stopped: that run is done again
+    todo = [job for job in jobs if _job_key(job) not in done]
+    if len(todo) < len(jobs):
+        print(f"resuming from {journal}: {len(jobs) - len(todo)} of {len(jobs)} runs already done", file=sys.stderr)
+    start = time.monotonic()
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    with ProcessPoolExecutor(procs) as pool, journal.open("a") as log:
+        if text and not text.endswith("\n"):
+            log.write("\n")  # its last line was cut off: the next run's row must not join it
+        futures = [pool.submit(one, job) for job in todo]
+        for n, future in enumerate(as_completed(futures), 1):
+            row = future.result()
+            done[_row_key(row)] = row
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            elapsed = time.monotonic() - start
+            left = elapsed / n * (len(todo) - n)
+            last = row["curve"][-1] if row["curve"] else None
+            print(
+                f"[{n}/{len(todo)}] {row['file']} {row['strategy']} seed {row['seed']}: best/optimum "
+                f"{'–' if last is None else f'{last:.3f}'} after {row['evaluations']} evaluations; "
+                f"{elapsed:.0f} s, about {left:.0f} s left",
+                file=sys.stderr,
+                flush=True,
+            )
+    return [done[_job_key(job)] for job in jobs]
+
+
+def _job_key(job: tuple[str, str, int, int]) -> tuple:
+    path, strategy, seed, budget = job
+    return Path(path).name, strategy, seed, budget
+
+
+def _row_key(row: dict) -> tuple:
+    return row["file"], row["strategy"], row["seed"], row["budget"]
 
 
 def write_result(path: Path, benchmark: str, **body: object) -> None:

@@ -1,0 +1,54 @@
+"""bench/search_efficiency.py on a folder of the user's own recordings: runs cotune by default, writes
+beside the shared data's results instead of over them, and a stopped run resumes without redoing the runs
+it finished."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE = REPO / "tests/data/vector_add_time_energy_RTX_4000_Ada.json"
+
+
+def bench(data: Path, *extra: str, cwd: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(REPO / "bench/search_efficiency.py"), "--data", str(data), "--budget", "12"]
+    proc = subprocess.run([*cmd, *extra], capture_output=True, text=True, timeout=300, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_another_folder_runs_cotune_and_never_overwrites_the_shared_results(tmp_path: Path) -> None:
+    data = tmp_path / "mine"
+    data.mkdir()
+    shutil.copy(FIXTURE, data / "vector_add.json")
+    first = bench(data, "--seeds", "2", cwd=tmp_path)
+    out = tmp_path / "bench/results/search_efficiency_mine.json"
+    result = json.loads(out.read_text())
+    assert {r["strategy"] for r in result["runs"]} == {"cotune", "tpe", "random"}
+    assert not (tmp_path / "bench/results/search_efficiency.json").exists()
+    assert "[6/6] vector_add.json" in first.stderr and not out.with_name(out.name + ".runs.jsonl").exists()
+
+
+def test_a_stopped_run_resumes_from_its_journal(tmp_path: Path) -> None:
+    """Each finished run is journalled as it completes. Run again, the journalled runs are taken from the
+    journal, not run again (marked here so that a rerun would show), and a line cut off mid-write when the
+    run was stopped is run again."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from search_efficiency import run_jobs
+
+    jobs = [(str(FIXTURE), s, seed, 12) for s in ("cotune", "tpe", "random") for seed in range(2)]
+    journal = tmp_path / "out.json.runs.jsonl"
+    rows = run_jobs(jobs, 1, journal)
+    assert [(r["strategy"], r["seed"]) for r in rows] == [(s, seed) for _, s, seed, _ in jobs]
+    assert len(journal.read_text().splitlines()) == 6
+    kept = [r | {"to_2pct": -1} for r in rows if r["seed"] == 0]
+    journal.write_text("".join(json.dumps(r) + "\n" for r in kept[:2]) + json.dumps(kept[2])[:40])
+    again = run_jobs(jobs, 1, journal)
+    reused = {(r["strategy"], r["seed"]) for r in again if r["to_2pct"] == -1}
+    assert reused == {(r["strategy"], 0) for r in kept[:2]}
+    assert [r["curve"] for r in again] == [r["curve"] for r in rows]  # each seed repeats its run
+    assert len(journal.read_text().splitlines()) == 7  # 2 kept, the cut line, and the 4 runs done again
