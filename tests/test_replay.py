@@ -166,6 +166,24 @@ def test_kernel_tuner_s_other_marks_in_a_cache(tmp_path):
     assert len(result.best_so_far) == 14 and result.failed == 4 and (3, 0) not in result.evaluated
 
 
+def test_a_zero_or_negative_time_is_a_failure_not_the_optimum(tmp_path):
+    """A recorded time of 0 (a kernel that did no work, a broken timer) would be the file's optimum and make
+    every best/optimum ratio infinite; in a cache or a T4 file it is a failed config, with its value said."""
+    doc = json.load(gzip.open(synthetic_cache(tmp_path / "c.json.gz"), "rt"))
+    doc["cache"]["0,1"]["time"] = 0.0
+    doc["cache"]["2,0"]["time"] = -1.0
+    (tmp_path / "zero.json").write_text(json.dumps(doc))
+    t4 = json.load(gzip.open(synthetic_t4(tmp_path / "t_T4.json.gz"), "rt"))
+    t4["results"][1]["measurements"][0]["value"] = 0  # (0, 1)
+    t4["results"][8]["measurements"][0]["value"] = -1.0  # (2, 0)
+    (tmp_path / "zero_T4.json").write_text(json.dumps(t4))
+    for name in ("zero.json", "zero_T4.json"):
+        data = load_recording(tmp_path / name)
+        assert data.optimum == 11.0 and data.records[(0, 1)].time_ms is None
+        assert data.records[(0, 1)].failure.endswith(" 0.0") or data.records[(0, 1)].failure.endswith(" 0")
+        assert data.records[(2, 0)].time_ms is None and "-1.0" in data.records[(2, 0)].failure
+
+
 def test_brute_force_budget_reproduces_the_optimum(tmp_path):
     data = load_kernel_tuner_cache(synthetic_cache(tmp_path / "c.json.gz"))
     assert data.optimum == 11.0  # (a=1, b=0); (0, 0) would be 10 but failed

@@ -169,7 +169,7 @@ def load_kernel_tuner_cache(path: Path, data: object = None, notes: tuple[str, .
         elif time_ms is not None and time_ms >= OLD_FAILURE_TIME_MS:
             reason = f"recorded time {t!r} (older Kernel Tuner's mark of a config that failed to compile or run)"
             records[point] = Record(None, reason, cost)
-        elif time_ms is None or not math.isfinite(time_ms):
+        elif time_ms is None or not _a_time(time_ms):
             records[point] = Record(None, f"recorded time {t!r}", cost)
         else:
             records[point] = Record(time_ms, None, cost)
@@ -182,6 +182,13 @@ def load_kernel_tuner_cache(path: Path, data: object = None, notes: tuple[str, .
     return ReplayData(
         path.name, keys, values, records, data.get("precision"), kernel, problem if kernel else None, notes
     )
+
+
+def _a_time(value: float) -> bool:
+    """Whether a recorded number can be a kernel's time. Zero, a negative or an infinite one cannot: a
+    kernel that did no work or a broken timer, told as the file's optimum, would make every ratio to it
+    meaningless; it is a failed config with its recorded value as the reason."""
+    return math.isfinite(value) and value > 0
 
 
 # T4's "timeunit" names the unit of both the measured objective and the tuning times.
@@ -232,7 +239,7 @@ def load_t4_results(path: Path, data: object = None) -> ReplayData:
         if result.get("invalidity", "correct") != "correct" or result.get("correctness", 1) == 0:
             reason = value if isinstance(value, str) else f"{result.get('invalidity')} failure"
             records.setdefault(point, Record(None, reason, cost))
-        elif isinstance(value, (int, float)) and math.isfinite(value):
+        elif isinstance(value, (int, float)) and _a_time(value):
             records.setdefault(point, Record(float(value) * unit, None, cost))
         else:
             records.setdefault(point, Record(None, f"recorded {objective} {value!r}", cost))
