@@ -67,13 +67,15 @@ def _as_cache(data: ReplayData) -> dict:
 
 
 def kt_best_so_far(
-    path: Path, strategy: str, seed: int, budget: int, keys: tuple[str, ...], size: int
+    path: Path, strategy: str, seed: int, budget: int, data: ReplayData
 ) -> tuple[list[float | None], list[tuple]]:
-    """Best time after each distinct evaluation, and the configs evaluated, in order. ``size``: configs in
-    the cache; Kernel Tuner refuses a budget larger than its space."""
+    """Best time after each distinct evaluation, and the configs evaluated, in order. Each evaluated config's
+    time is the one cotune's replay reads from the same file (``data``), so both sides are scored alike:
+    a time replay reads as a failure (1e20, zero) never counts as a best. Kernel Tuner refuses a budget
+    larger than its space."""
     from kernel_tuner import tune_cache
 
-    budget = min(budget, size)
+    budget = min(budget, len(data.records))
     np.random.seed(seed)
     random.seed(seed)
     with warnings.catch_warnings():
@@ -90,14 +92,14 @@ def kt_best_so_far(
     curve: list[float | None] = []
     evaluated: list[tuple] = []
     for r in results:
-        point = tuple(r[k] for k in keys)
+        point = tuple(r[k] for k in data.keys)
         if point in seen:
             continue
         seen.add(point)
         evaluated.append(point)
-        t = r["time"]
-        if isinstance(t, (int, float)) and np.isfinite(t):
-            best = float(t) if best is None else min(best, float(t))
+        t = data.records[point].time_ms
+        if t is not None:
+            best = t if best is None else min(best, t)
         curve.append(best)
         if len(curve) == budget:
             break

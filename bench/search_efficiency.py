@@ -59,9 +59,7 @@ def one(args: tuple[str, str, int, int]) -> dict:
         from kernel_tuner_peer import kt_best_so_far  # bench/ is on sys.path when run as a script
 
         try:
-            curve, evaluated = kt_best_so_far(
-                Path(path), strategy.removeprefix("kt:"), seed, budget, data.keys, len(data.records)
-            )
+            curve, evaluated = kt_best_so_far(Path(path), strategy.removeprefix("kt:"), seed, budget, data)
         except Exception as exc:  # one peer strategy failing on one file must not sink the whole benchmark
             print(f"{data.name} {strategy} seed {seed}: {type(exc).__name__}: {exc}", flush=True)
             curve, evaluated = [], []
