@@ -291,9 +291,17 @@ def run_jobs(jobs: list[tuple[str, str, int, int]], procs: int | None, journal: 
     with ProcessPoolExecutor(procs) as pool, journal.open("a") as log:
         if text and not text.endswith("\n"):
             log.write("\n")  # its last line was cut off: the next run's row must not join it
-        futures = [pool.submit(one, job) for job in todo]
+        futures = {pool.submit(one, job): job for job in todo}
+        failed = []
         for n, future in enumerate(as_completed(futures), 1):
-            row = future.result()
+            try:
+                row = future.result()
+            except Exception as exc:  # one run's error must not cost the others; it is named at the end
+                failed.append(
+                    f"{Path(futures[future][0]).name} {futures[future][1]} seed {futures[future][2]}: {exc!r}"
+                )
+                print(f"[{n}/{len(todo)}] failed: {failed[-1]}", file=sys.stderr, flush=True)
+                continue
             done[_row_key(row)] = row
             log.write(json.dumps(row) + "\n")
             log.flush()
@@ -307,6 +315,11 @@ def run_jobs(jobs: list[tuple[str, str, int, int]], procs: int | None, journal: 
                 file=sys.stderr,
                 flush=True,
             )
+    if failed:
+        raise SystemExit(
+            f"{len(failed)} of {len(jobs)} runs failed; the other runs are kept in {journal}, and a rerun with "
+            "the same arguments does only the failed ones:\n" + "\n".join(failed)
+        )
     return [done[_job_key(job)] for job in jobs]
 
 

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests/data/vector_add_time_energy_RTX_4000_Ada.json"
 
@@ -52,3 +54,17 @@ def test_a_stopped_run_resumes_from_its_journal(tmp_path: Path) -> None:
     assert reused == {(r["strategy"], 0) for r in kept[:2]}
     assert [r["curve"] for r in again] == [r["curve"] for r in rows]  # each seed repeats its run
     assert len(journal.read_text().splitlines()) == 7  # 2 kept, the cut line, and the 4 runs done again
+
+
+def test_a_run_that_fails_costs_none_of_the_others(tmp_path: Path) -> None:
+    """A strategy that raises on a file is named with its error at the end; every other run is finished
+    and journalled, so a rerun does only the failed ones."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from search_efficiency import run_jobs
+
+    jobs = [(str(FIXTURE), s, seed, 12) for s in ("cotune[no_such_setting=1]", "tpe") for seed in range(2)]
+    journal = tmp_path / "out.json.runs.jsonl"
+    with pytest.raises(SystemExit, match="2 of 4 runs failed") as stop:
+        run_jobs(jobs, 1, journal)
+    assert "no_such_setting" in str(stop.value) and "seed 1" in str(stop.value)
+    assert sorted(json.loads(line)["seed"] for line in journal.read_text().splitlines()) == [0, 1]
