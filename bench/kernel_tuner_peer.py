@@ -97,7 +97,8 @@ def kt_best_so_far(
             continue
         seen.add(point)
         evaluated.append(point)
-        t = data.records[point].time_ms
+        record = data.records.get(point)
+        t = record.time_ms if record is not None else None
         if t is not None:
             best = t if best is None else min(best, t)
         curve.append(best)

@@ -253,14 +253,15 @@ def main() -> None:
     jobs = [
         (str(args.data / f), s, seed, args.budget) for f in names for s in args.strategies for seed in range(args.seeds)
     ]
-    rows = run_jobs(jobs, args.procs, out.with_name(out.name + ".runs.jsonl"))
+    journal = out.with_name(out.name + ".runs.jsonl")
+    rows = run_jobs(jobs, args.procs, journal)
     summary = summarise(rows)
     for r in rows:
         del r["curve"]  # kept as median curves in the summary; 200 numbers per run would bloat the file
     for s in summary:
         print(json.dumps({k: v for k, v in s.items() if k != "median_curve"}))
     write_result(out, "bench/search_efficiency.py", summary=summary, runs=rows)
-    out.with_name(out.name + ".runs.jsonl").unlink()
+    journal.unlink()  # every run is in the result file now
     print(f"wrote {out}", file=sys.stderr)
 
 
