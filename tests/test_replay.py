@@ -144,6 +144,9 @@ def test_an_interrupted_run_s_open_cache_is_read_as_kernel_tuner_reads_it(tmp_pa
     run = CliRunner().invoke(app, ["replay", str(tmp_path / "cut.json"), "--budget", "5", "--json"])
     assert run.exit_code == 0 and json.loads(run.stdout)["optimum"] == 11.0
     assert "cut off mid-write" in run.stderr
+    (tmp_path / "empty.json").write_text(text[: text.index('"cache": {') + len('"cache": {')])  # no entry yet
+    with pytest.raises(SpecError, match="holds no successful measurement"):
+        load_recording(tmp_path / "empty.json")
     (tmp_path / "garbage.json").write_text(text[: text.index('"cache"') - 5])  # the header itself is cut
     with pytest.raises(SpecError, match="not a recording"):
         load_recording(tmp_path / "garbage.json")

@@ -128,7 +128,7 @@ def read_recording_json(path: Path) -> tuple[object, tuple[str, ...]]:
         if '"cache": {' not in body or body.endswith(("}\n}", "}}}")):
             raise
         note = "the cache was never closed (an interrupted run); read as Kernel Tuner reads it"
-        if not body.endswith(","):  # its last entry was cut off: every line before that one is whole
+        if not body.endswith((",", "{")):  # its last entry was cut off: every line before that one is whole
             body = body[: body.rfind("\n")]
             note += ", its last entry, cut off mid-write, left out"
         try:
