@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tuner.replay import FAILURE_MARKERS, ReplayData, is_t4, load_recording, read_json
+from tuner.replay import FAILURE_MARKERS, ReplayData, is_t4, load_recording, read_recording_json
 
 _plain: dict[str, Path] = {}
 
@@ -29,7 +29,7 @@ def _kernel_tuner_file(path: Path) -> Path:
     if str(path) in _plain:
         return _plain[str(path)]
     out = path
-    if path.suffix == ".csv" or is_t4(read_json(path)):
+    if path.suffix == ".csv" or is_t4(read_recording_json(path)[0]):
         out = _scratch()
         out.write_text(json.dumps(_as_cache(load_recording(path))))
     elif path.suffix == ".gz":

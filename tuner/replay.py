@@ -109,11 +109,6 @@ def _point(config: dict, keys: tuple[str, ...]) -> tuple:
     return point
 
 
-def read_json(path: Path) -> object:
-    """A recording's JSON content (``read_recording_json`` without its notes)."""
-    return read_recording_json(path)[0]
-
-
 def read_recording_json(path: Path) -> tuple[object, tuple[str, ...]]:
     """A recording's JSON content, and notes on how it was read. A Kernel Tuner cache is written one entry at
     a time and closed only when its run ends, so an interrupted brute-force run leaves it open: it is read
@@ -208,7 +203,7 @@ def load_t4_results(path: Path, data: object = None) -> ReplayData:
     ``data``: the file's content when the caller has already read it.
     """
     try:
-        data = read_json(path) if data is None else data
+        data = read_recording_json(path)[0] if data is None else data
         results = data["results"]
         unit = T4_UNITS_TO_MS[data.get("metadata", {}).get("timeunit", "milliseconds")]
         keys = tuple(results[0]["configuration"])
