@@ -8,6 +8,7 @@ cut at the budget. Kernel Tuner (``pip install kernel-tuner``) is a benchmark-on
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import random
@@ -17,10 +18,37 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import qmc
 
 from tuner.replay import FAILURE_MARKERS, ReplayData, is_t4, load_recording, read_recording_json
 
 _plain: dict[str, Path] = {}
+
+
+class _SeededLatinHypercube(qmc.LatinHypercube):
+    """scipy's Latin hypercube draws from fresh OS entropy when it is given no generator, and Kernel Tuner
+    gives it none (bayes_opt's initial sample, diff_evo's first population via ``Searchspace.get_LHS_sample``).
+    Taking its generator from numpy's global state, which ``kt_best_so_far`` seeds, makes those strategies
+    repeat with their seed like the others."""
+
+    def __init__(self, d, **kwargs):
+        if kwargs.get("rng") is None and kwargs.get("seed") is None:
+            kwargs.pop("seed", None)
+            kwargs["rng"] = np.random.randint(2**31)
+        super().__init__(d, **kwargs)
+
+
+@contextlib.contextmanager
+def _seeded_latin_hypercube():
+    from kernel_tuner.strategies import bayes_opt  # before the seeding, like every strategy's module
+
+    saved = qmc.LatinHypercube, bayes_opt.LatinHypercube
+    # Searchspace imports the class inside its methods, so the module attribute is what it gets.
+    qmc.LatinHypercube = bayes_opt.LatinHypercube = _SeededLatinHypercube
+    try:
+        yield
+    finally:
+        qmc.LatinHypercube, bayes_opt.LatinHypercube = saved
 
 
 def _kernel_tuner_file(path: Path) -> Path:
@@ -74,14 +102,19 @@ def kt_best_so_far(
     a time replay reads as a failure (1e20, zero) never counts as a best. Kernel Tuner refuses a budget
     larger than its space."""
     from kernel_tuner import tune_cache
+    from kernel_tuner.interface import strategy_map
 
     budget = min(budget, len(data.records))
-    np.random.seed(seed)
-    random.seed(seed)
-    with warnings.catch_warnings():
+    cache = str(_kernel_tuner_file(path))
+    # Kernel Tuner imports a strategy's module on first use, and some of those imports draw from `random`:
+    # import it before seeding, or the first run of a strategy in a process would not repeat with its seed.
+    strategy_map[strategy].tune  # noqa: B018
+    with warnings.catch_warnings(), _seeded_latin_hypercube():
         warnings.simplefilter("ignore")
+        np.random.seed(seed)
+        random.seed(seed)
         results, _ = tune_cache(
-            str(_kernel_tuner_file(path)),
+            cache,
             strategy=strategy,
             strategy_options={"max_fevals": budget},
             verbose=False,
