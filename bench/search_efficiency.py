@@ -47,6 +47,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+from tuner.errors import SpecError
 from tuner.replay import ReplayData, ReplayResult, load_recording, replay
 
 CHECKPOINTS = (25, 50, 100, 200)
@@ -218,11 +219,23 @@ def _median_curve(curves: list[list]) -> list[float | None]:
 
 
 def recordings(folder: Path) -> list[str]:
-    """The recordings in a folder (Kernel Tuner caches, T4 files, cotune trial tables), a T4 copy of a Kernel
-    Tuner cache that is there too left out (the shared data holds convolution_RTX_3090 in both forms); a T4
-    file with no such twin is a recording of its own."""
+    """The recordings in a folder (Kernel Tuner caches, T4 results files, cotune trial tables). A T4 copy of
+    a Kernel Tuner cache that is there too is left out (the shared data holds convolution_RTX_3090 as
+    NAME.json.gz and NAME_T4.json.gz; Kernel Tuner's own T4 output is NAME-results.json); a T4 file with no
+    such twin is a recording of its own. A file that is no recording (a T4 metadata file, another JSON) is
+    left out with its reason on stderr, so one stray file does not fail a benchmark over a whole folder."""
     names = {p.name for pattern in ("*.json*", "*.csv") for p in folder.glob(pattern)}
-    return sorted(n for n in names if "_T4" not in n or n.replace("_T4", "") not in names)
+    found = []
+    for name in sorted(names):
+        if any(mark in name and name.replace(mark, "") in names for mark in ("_T4", "-results")):
+            continue
+        try:
+            load_recording(folder / name)
+        except SpecError as exc:
+            print(f"left out {name}: {exc}", file=sys.stderr)
+            continue
+        found.append(name)
+    return found
 
 
 SHARED_DATA = Path("../shared/bench/replay")
@@ -238,7 +251,8 @@ def main() -> None:
         "--files",
         nargs="*",
         help="file names under --data: Kernel Tuner caches, T4 results, cotune trial tables (default: every "
-        "one, but a T4 file whose Kernel Tuner cache is there too: NAME_T4.json.gz beside NAME.json.gz)",
+        "recording there, but a T4 file whose Kernel Tuner cache is there too: NAME_T4.json.gz or "
+        "NAME-results.json.gz beside NAME.json.gz)",
     )
     ap.add_argument(
         "--out",

@@ -368,3 +368,10 @@ def test_the_cli_replays_a_cotune_recording_as_a_study_would(tmp_path):
     kt = synthetic_cache(tmp_path / "kt.json.gz")
     proc = subprocess.run([*base[:4], str(kt), "--programs"], capture_output=True, text=True)
     assert proc.returncode == 1 and "names no cotune kernel and problem" in proc.stderr
+
+
+def test_a_t4_metadata_file_is_refused_with_the_file_to_replay_instead(tmp_path):
+    path = tmp_path / "run-metadata.json"
+    path.write_text(json.dumps({"metadata": {"operating_system": "Linux"}, "schema_version": "1.0.0"}))
+    with pytest.raises(SpecError, match="T4 metadata file.*NAME-results.json"):
+        load_recording(path)

@@ -68,3 +68,23 @@ def test_a_run_that_fails_costs_none_of_the_others(tmp_path: Path) -> None:
         run_jobs(jobs, 1, journal)
     assert "no_such_setting" in str(stop.value) and "seed 1" in str(stop.value)
     assert sorted(json.loads(line)["seed"] for line in journal.read_text().splitlines()) == [0, 1]
+
+
+def test_a_folder_of_kernel_tuner_output_benchmarks_each_recording_once(tmp_path: Path, capsys) -> None:
+    """Kernel Tuner writes a run's T4 results as NAME-results.json and its machine as NAME-metadata.json.
+    The results file beside the run's cache is a copy of it, the metadata file is no recording: both are
+    left out, the metadata file with its reason, and a T4 file with no cache beside it is benchmarked."""
+    file_utils = pytest.importorskip("kernel_tuner.file_utils")
+    sys.path.insert(0, str(REPO / "bench"))
+    from search_efficiency import recordings
+
+    cache = json.loads(FIXTURE.read_text())
+    t4 = file_utils.get_t4_results(list(cache["cache"].values()), cache["tune_params"])
+    shutil.copy(FIXTURE, tmp_path / "vector_add.json")
+    for name in ("vector_add-results.json", "other_gpu-results.json"):
+        (tmp_path / name).write_text(json.dumps(t4))
+    metadata = {"metadata": {"operating_system": "Linux", "hardware": {}}, "schema_version": "1.0.0"}
+    (tmp_path / "vector_add-metadata.json").write_text(json.dumps(metadata))
+    assert recordings(tmp_path) == ["other_gpu-results.json", "vector_add.json"]
+    err = capsys.readouterr().err
+    assert "left out vector_add-metadata.json" in err and "T4 metadata file" in err

@@ -310,12 +310,23 @@ def load_recording(path: Path) -> ReplayData:
         data, notes = read_recording_json(path)
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SpecError(f"{path}: not a recording ({type(exc).__name__}: {exc})") from None
+    if is_t4_metadata(data):
+        raise SpecError(
+            f"{path}: a T4 metadata file (the hardware and software of a tuning run), not a recording of it; "
+            "replay the T4 results file written beside it (Kernel Tuner names it NAME-results.json)"
+        )
     return load_t4_results(path, data) if is_t4(data) else load_kernel_tuner_cache(path, data, notes)
 
 
 def is_t4(data: object) -> bool:
     """Whether a recording's JSON content is a T4 results file rather than a Kernel Tuner cache."""
     return isinstance(data, dict) and "results" in data and "cache" not in data
+
+
+def is_t4_metadata(data: object) -> bool:
+    """Whether JSON content is a T4 metadata file (Kernel Tuner's ``store_metadata_file``), which describes a
+    tuning run's machine and holds no measurement."""
+    return isinstance(data, dict) and isinstance(data.get("metadata"), dict) and not {"results", "cache"} & set(data)
 
 
 def _cell(text: str):
