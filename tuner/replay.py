@@ -310,7 +310,7 @@ def load_recording(path: Path) -> ReplayData:
         data, notes = read_recording_json(path)
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SpecError(f"{path}: not a recording ({type(exc).__name__}: {exc})") from None
-    if is_t4_metadata(data):
+    if _is_t4_metadata(data):
         raise SpecError(
             f"{path}: a T4 metadata file (the hardware and software of a tuning run), not a recording of it; "
             "replay the T4 results file written beside it (Kernel Tuner names it NAME-results.json)"
@@ -323,7 +323,7 @@ def is_t4(data: object) -> bool:
     return isinstance(data, dict) and "results" in data and "cache" not in data
 
 
-def is_t4_metadata(data: object) -> bool:
+def _is_t4_metadata(data: object) -> bool:
     """Whether JSON content is a T4 metadata file (Kernel Tuner's ``store_metadata_file``), which describes a
     tuning run's machine and holds no measurement."""
     return isinstance(data, dict) and isinstance(data.get("metadata"), dict) and not {"results", "cache"} & set(data)
