@@ -3,7 +3,7 @@
     python bench/failure_marker.py [--seeds 20] [--budget 50] [--out bench/results/failure_marker.json]
 
 Kernel Tuner releases before the ``CompilationFailedConfig``/``RuntimeFailedConfig`` markers cached a config
-that failed to compile or run with time 1e20. ``tuner.replay`` reads that as a failure. This replays the
+that failed to compile or run with time 1e20. ``cotune.tuner.search.replay`` reads that as a failure. This replays the
 default sampler (``bench/sampler_variants.py``'s ``default``) on the shared caches that hold failures, once
 with each failure told as a failure and once with it told as a 1e20 ms measurement, and reports the median
 best/optimum after ``--budget`` evaluations and the runs that hold the optimum.
@@ -22,9 +22,8 @@ import statistics
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from cotune.tuner.search.replay import OLD_FAILURE_TIME_MS, load_recording
 from sampler_variants import make, save  # bench/ is on sys.path when run as a script
-
-from tuner.replay import OLD_FAILURE_TIME_MS, load_recording
 
 FILES = ("convolution_RTX_3090.json.gz", "pnpoly_RTX_3090.json.gz", "pnpoly_RTX_2080_Ti.json.gz")
 

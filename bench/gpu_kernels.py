@@ -7,7 +7,7 @@ fresh process. Needs an NVIDIA GPU; writes one JSON with the device, the date an
 
 Every tuned number comes from a real ``tune_job`` (cotune sampler, SQLite storage, no MLflow); cuBLAS is
 ``torch.matmul`` (bf16) or ``torch._scaled_mm`` (fp8, per-tensor scales) timed by the same stopwatch
-(CUDA events, L2 flushed before each call). % of peak uses the dense datasheet peak of tuner/gpu_specs.py.
+(CUDA events, L2 flushed before each call). % of peak uses the dense datasheet peak of tuner/device/gpu_specs.py.
 The tutorial baseline is the best of the space file's seeds (Triton's tutorial autotune list), each run as
 Triton's autotune would run it, whether or not the search space admits it for the shape. With
 ``--compare-seeds`` each matmul is also tuned with the seeds left out of the space, the same budget.
@@ -29,16 +29,16 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from kernels.gpu_timing import time_gpu  # noqa: E402
-from tuner.device import detect, slugify  # noqa: E402
-from tuner.driver import tune_job  # noqa: E402
-from tuner.errors import CotuneError  # noqa: E402
-from tuner.isolation import CandidateRunner, Request  # noqa: E402
-from tuner.kernel import BenchSettings  # noqa: E402
-from tuner.registry import get_kernel  # noqa: E402
-from tuner.spec import parse_spec  # noqa: E402
-from tuner.tracker import NullTracker  # noqa: E402
-from tuner.types import Config, DeviceProfile, Failure, Measurement, Problem  # noqa: E402
+from cotune.kernels.gpu_timing import time_gpu  # noqa: E402
+from cotune.tuner.device.profiles import detect, slugify  # noqa: E402
+from cotune.tuner.driver import tune_job  # noqa: E402
+from cotune.tuner.errors import CotuneError  # noqa: E402
+from cotune.tuner.measure.isolation import CandidateRunner, Request  # noqa: E402
+from cotune.tuner.measure.kernel import BenchSettings  # noqa: E402
+from cotune.tuner.measure.registry import get_kernel  # noqa: E402
+from cotune.tuner.spec.job import parse_spec  # noqa: E402
+from cotune.tuner.track.tracker import NullTracker  # noqa: E402
+from cotune.tuner.types import Config, DeviceProfile, Failure, Measurement, Problem  # noqa: E402
 
 LLAMA70B_NK = ((8192, 8192), (28672, 8192), (8192, 28672))  # (N, K): attention out, MLP up/gate, MLP down
 BATCHES = (16, 128, 1024, 4096)
@@ -120,8 +120,7 @@ def tutorial_best(problem: Problem, device: DeviceProfile) -> dict:
 
 def cublas(m: int, n: int, k: int, precision: str, device: DeviceProfile) -> float:
     import torch
-
-    from kernels.gpu import quantize_fp8
+    from cotune.kernels.gpu import quantize_fp8
 
     x = torch.randn(m, k, device="cuda")
     w = torch.randn(n, k, device="cuda")

@@ -25,10 +25,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tuner.device import detect  # noqa: E402
-from tuner.driver import Progress, tune_job  # noqa: E402
-from tuner.spec import parse_spec  # noqa: E402
-from tuner.tracker import NullTracker  # noqa: E402
+from cotune.tuner.device.profiles import detect  # noqa: E402
+from cotune.tuner.driver import Progress, tune_job  # noqa: E402
+from cotune.tuner.spec.job import parse_spec  # noqa: E402
+from cotune.tuner.track.tracker import NullTracker  # noqa: E402
 
 
 def main() -> None:

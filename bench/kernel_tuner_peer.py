@@ -18,9 +18,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from cotune.tuner.search.replay import FAILURE_MARKERS, ReplayData, is_t4, load_recording, read_recording_json
 from scipy.stats import qmc
-
-from tuner.replay import FAILURE_MARKERS, ReplayData, is_t4, load_recording, read_recording_json
 
 _plain: dict[str, Path] = {}
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tuner.replay import load_recording
+from cotune.tuner.search.replay import load_recording
 
 
 def main() -> None:

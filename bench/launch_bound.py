@@ -29,14 +29,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import cotune.kernels.gpu_timing as gpu_timing  # noqa: E402
+from cotune.tuner.device.profiles import detect  # noqa: E402
+from cotune.tuner.measure.kernel import BenchSettings  # noqa: E402
+from cotune.tuner.measure.precompile import precompile_one  # noqa: E402
+from cotune.tuner.measure.registry import get_kernel  # noqa: E402
+from cotune.tuner.types import Config, Problem  # noqa: E402
 from record_cache import DEFAULT_BENCH, parse_bench  # noqa: E402 - bench/ is on sys.path when run as a script
-
-import kernels.gpu_timing as gpu_timing  # noqa: E402
-from tuner.device import detect  # noqa: E402
-from tuner.kernel import BenchSettings  # noqa: E402
-from tuner.precompile import precompile_one  # noqa: E402
-from tuner.registry import get_kernel  # noqa: E402
-from tuner.types import Config, Problem  # noqa: E402
 
 BENCH = parse_bench(DEFAULT_BENCH)  # the recordings' timing settings
 

@@ -16,11 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from tuner.device import detect
-from tuner.driver import tune_job
-from tuner.mlflow_tracker import MlflowTracker
-from tuner.spec import parse_spec
-from tuner.tracker import NullTracker
+from cotune.tuner.device.profiles import detect
+from cotune.tuner.driver import tune_job
+from cotune.tuner.spec.job import parse_spec
+from cotune.tuner.track.mlflow_tracker import MlflowTracker
+from cotune.tuner.track.tracker import NullTracker
 
 
 def run(kernel: str, problem: str, trials: int, sampler: str, mlflow: bool, work: Path, tag: str) -> dict:

@@ -21,9 +21,8 @@ import json
 import statistics
 from pathlib import Path
 
+from cotune.tuner.search.replay import ReplayData, load_recording
 from search_efficiency import write_result
-
-from tuner.replay import ReplayData, load_recording
 
 CHECKPOINTS = ("50", "200")
 

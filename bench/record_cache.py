@@ -32,15 +32,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from cotune.tuner.device.profiles import device_for  # noqa: E402
+from cotune.tuner.measure.isolation import CandidateRunner, Request  # noqa: E402
+from cotune.tuner.measure.kernel import BenchSettings  # noqa: E402
+from cotune.tuner.measure.precompile import precompile_one  # noqa: E402
+from cotune.tuner.measure.registry import get_kernel  # noqa: E402
+from cotune.tuner.spec.job import BenchSpec  # noqa: E402
+from cotune.tuner.types import Config, DeviceProfile, Failure, FailureKind, Problem  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
-
-from tuner.device import device_for  # noqa: E402
-from tuner.isolation import CandidateRunner, Request  # noqa: E402
-from tuner.kernel import BenchSettings  # noqa: E402
-from tuner.precompile import precompile_one  # noqa: E402
-from tuner.registry import get_kernel  # noqa: E402
-from tuner.spec import BenchSpec  # noqa: E402
-from tuner.types import Config, DeviceProfile, Failure, FailureKind, Problem  # noqa: E402
 
 # Short but stable timing: a recording measures thousands of configs, and the median of >= 10 L2-flushed
 # calls separates configs well beyond the 1-2 % that decides a search benchmark's near-ties.

@@ -56,11 +56,10 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import cotune.tuner.search.candidate_sampler as cs
 import numpy as np
+from cotune.tuner.search.replay import load_recording
 from search_efficiency import _parse_strategy, machine  # bench/ is on sys.path when run as a script
-
-import tuner.candidate_sampler as cs
-from tuner.replay import load_recording
 
 HARD_FILES = (
     "convolution_RTX_3090.json.gz",

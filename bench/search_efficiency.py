@@ -47,8 +47,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from tuner.errors import SpecError
-from tuner.replay import ReplayData, ReplayResult, load_recording, replay
+from cotune.tuner.errors import SpecError
+from cotune.tuner.search.replay import ReplayData, ReplayResult, load_recording, replay
 
 CHECKPOINTS = (25, 50, 100, 200)
 

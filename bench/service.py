@@ -31,10 +31,11 @@ import sqlalchemy as sa
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from cotune.tuner.device.profiles import cpu_profile  # noqa: E402
+from cotune.tuner.store.job_tables import tickets  # noqa: E402
+from cotune.tuner.store.jobs import JobStore  # noqa: E402
+
 from tests.service.stack import MlflowServer, RedisServer, Service, wait_for  # noqa: E402
-from tuner.device import cpu_profile  # noqa: E402
-from tuner.job_tables import tickets  # noqa: E402
-from tuner.jobs import JobStore  # noqa: E402
 
 PG = "postgresql+psycopg2://postgres@127.0.0.1:5432/"
 
@@ -54,7 +55,7 @@ def storage_costs(redis_url: str, pg_url: str, work: Path, trials: int) -> list[
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = []
-    from tuner.storage import open_storage
+    from cotune.tuner.store.studies import open_storage
 
     backends = {
         "postgresql (journal, cotune's choice)": lambda: open_storage(pg_url),
@@ -80,10 +81,10 @@ def storage_costs(redis_url: str, pg_url: str, work: Path, trials: int) -> list[
 
 
 def local_per_trial(work: Path, trials: int) -> float:
-    from tuner.device import detect
-    from tuner.driver import tune_job
-    from tuner.mlflow_tracker import MlflowTracker
-    from tuner.spec import parse_spec
+    from cotune.tuner.device.profiles import detect
+    from cotune.tuner.driver import tune_job
+    from cotune.tuner.spec.job import parse_spec
+    from cotune.tuner.track.mlflow_tracker import MlflowTracker
 
     spec = parse_spec(spec_text("local-overhead", trials, 1))
     stamps: list[float] = []

@@ -32,12 +32,11 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import cotune.tuner.search.candidate_sampler as cs
 import numpy as np
+from cotune.tuner.search.replay import load_recording
 from sampler_variants import HARD_FILES  # bench/ is on sys.path when run as a script
 from search_efficiency import machine
-
-import tuner.candidate_sampler as cs
-from tuner.replay import load_recording
 
 MODELS = ("gp", "gp+onehot", "rf", "hgb", "ridge-onehot", "ridge-pairs")
 

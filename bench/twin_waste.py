@@ -15,7 +15,7 @@ import statistics
 import time
 from pathlib import Path
 
-from tuner.replay import load_recording, replay
+from cotune.tuner.search.replay import load_recording, replay
 
 
 def waste(path: Path, seeds: int, budget: int, sampler: str) -> dict:

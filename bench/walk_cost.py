@@ -25,9 +25,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from cotune.tuner.search.replay import load_recording
 from sampler_variants import HARD_FILES, make, save  # bench/ is on sys.path when run as a script
-
-from tuner.replay import load_recording
 
 
 def neighbours(points: list[tuple]) -> list[list[int]]:

@@ -1,1 +1,1 @@
-"""Tunable kernels and their backends. Each kernel implements :class:`tuner.kernel.Kernel`."""
+"""Tunable kernels and their backends. Each kernel implements :class:`cotune.tuner.measure.kernel.Kernel`."""

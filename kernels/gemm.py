@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from tuner.kernel import Kernel
-from tuner.types import Precision, Problem
+from cotune.tuner.measure.kernel import Kernel
+from cotune.tuner.types import Precision, Problem
 
 
 class GemmKernel(Kernel):

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from tuner.kernel import BenchSettings, CandidateError, Kernel
-from tuner.types import DeviceProfile, FailureKind, Measurement, Precision, Problem
+from cotune.tuner.measure.kernel import BenchSettings, CandidateError, Kernel
+from cotune.tuner.types import DeviceProfile, FailureKind, Measurement, Precision, Problem
 
 if TYPE_CHECKING:
     import torch
@@ -93,9 +93,8 @@ def measure_on_gpu(
     RUNTIME failure that also restarts the candidate process.
     """
     import torch
-
-    from kernels.gpu_timing import energy_per_call, time_gpu
-    from kernels.verify import check, max_rel_error
+    from cotune.kernels.gpu_timing import energy_per_call, time_gpu
+    from cotune.kernels.verify import check, max_rel_error
 
     try:
         out = call()

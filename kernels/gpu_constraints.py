@@ -1,13 +1,13 @@
 """Hardware constraints shared by the GPU kernels, checked before anything is compiled.
 
-Each is a named predicate (see :mod:`tuner.space`): it returns None when the config can run on the device,
-else the reason it cannot, which the trial records. A device profile without a value (0 or None) passes,
-so a space still loads against a partial profile.
+Each is a named predicate (see :mod:`cotune.tuner.space.search_space`): it returns None when the config
+can run on the device, else the reason it cannot, which the trial records. A device profile without a value
+(0 or None) passes, so a space still loads against a partial profile.
 """
 
 from __future__ import annotations
 
-from tuner.types import Config, DeviceProfile, Precision, Problem
+from cotune.tuner.types import Config, DeviceProfile, Precision, Problem
 
 WARP = 32
 

@@ -21,8 +21,8 @@ import time
 from collections.abc import Callable
 from functools import cache
 
-from tuner.kernel import BenchSettings, CandidateError
-from tuner.types import DeviceProfile, FailureKind
+from cotune.tuner.measure.kernel import BenchSettings, CandidateError
+from cotune.tuner.types import DeviceProfile, FailureKind
 
 CALLS_PER_GRAPH = 10
 CALLS_PER_BATCH = 100  # a batch's launches stay well inside the driver's queue, so queuing them never blocks

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from kernels.timing import time_calls
-from tuner.kernel import BenchSettings, Kernel
-from tuner.types import Config, DeviceProfile, Measurement, Precision, Problem
+from cotune.kernels.timing import time_calls
+from cotune.tuner.measure.kernel import BenchSettings, Kernel
+from cotune.tuner.types import Config, DeviceProfile, Measurement, Precision, Problem
 
 
 class Noop(Kernel):

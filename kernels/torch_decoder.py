@@ -6,7 +6,7 @@ dims plus the request: ``seq`` tokens per request (a prefill-style request) and 
 What is tuned is how the layer is served, the three knobs of a Triton Inference Server model config:
 ``max_batch_size``, ``instances`` (model copies served concurrently, each from its own thread; on the CPU each
 copy gets :func:`threads_per_instance` torch threads, on CUDA its own stream) and ``queue_delay_us`` (how long
-the batcher holds the oldest waiting request for a batch to fill). :mod:`tuner.exporters.triton_server` turns
+the batcher holds the oldest waiting request for a batch to fill). :mod:`cotune.tuner.export.triton_server` turns
 the winner into a ``config.pbtxt``.
 
 How a measurement reads. :meth:`TorchDecoder.measure` runs a closed loop of ``2 * max_batch_size * instances``
@@ -45,9 +45,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kernels.verify import check
-from tuner.kernel import BenchSettings, CandidateError, Kernel
-from tuner.types import Config, DeviceProfile, FailureKind, Measurement, Precision, Problem
+from cotune.kernels.verify import check
+from cotune.tuner.measure.kernel import BenchSettings, CandidateError, Kernel
+from cotune.tuner.types import Config, DeviceProfile, FailureKind, Measurement, Precision, Problem
 
 if TYPE_CHECKING:
     import torch

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kernels.gemm import GemmKernel
-from kernels.timing import time_calls
-from kernels.verify import check
-from tuner.kernel import BenchSettings
-from tuner.types import Config, DeviceProfile, Measurement, Precision, Problem
+from cotune.kernels.gemm import GemmKernel
+from cotune.kernels.timing import time_calls
+from cotune.kernels.verify import check
+from cotune.tuner.measure.kernel import BenchSettings
+from cotune.tuner.types import Config, DeviceProfile, Measurement, Precision, Problem
 
 # Relative to the reference's largest magnitude; bf16 keeps 8 mantissa bits (2^-8 ~ 4e-3 per element).
 TOLERANCE = {Precision.FP32: 1e-4, Precision.BF16: 3e-2}

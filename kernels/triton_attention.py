@@ -1,4 +1,4 @@
-"""``triton_attention``: a flash-attention forward pass in Triton (:mod:`kernels.triton_jit.attention`), tuned
+"""``triton_attention``: a flash-attention forward pass in Triton (:mod:`cotune.kernels.triton_jit.attention`), tuned
 over its query and key block sizes, warps and software-pipeline stages, verified against torch's
 ``scaled_dot_product_attention`` in fp32.
 
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kernels.gpu import cuda_device, make_operand, measure_on_gpu, triton_toolchain
-from kernels.gpu_constraints import precision_supported, smem_fits, threads_fit
-from tuner.kernel import BenchSettings, Kernel
-from tuner.types import Config, DeviceProfile, Measurement, Precision, Problem
+from cotune.kernels.gpu import cuda_device, make_operand, measure_on_gpu, triton_toolchain
+from cotune.kernels.gpu_constraints import precision_supported, smem_fits, threads_fit
+from cotune.tuner.measure.kernel import BenchSettings, Kernel
+from cotune.tuner.types import Config, DeviceProfile, Measurement, Precision, Problem
 
 JIT_SOURCE = Path(__file__).with_name("triton_jit") / "attention.py"
 HEAD_DIMS = (16, 32, 64, 128, 256)  # tl.arange needs a power of two; tl.dot needs at least 16
@@ -129,8 +129,8 @@ class TritonAttention(Kernel):
 
     def precompile(self, problem: Problem, config: Config, device: DeviceProfile) -> None:
         cuda_device()  # Triton compiles for the GPU this process sees
-        from kernels.gpu import compile_failure, input_dtype
-        from kernels.triton_jit import attention as jit
+        from cotune.kernels.gpu import compile_failure, input_dtype
+        from cotune.kernels.triton_jit import attention as jit
 
         d = problem.dims
         try:
@@ -145,7 +145,7 @@ class TritonAttention(Kernel):
         import torch
 
         gpu = cuda_device()
-        from kernels.triton_jit import attention as jit  # imports Triton: only in the candidate process
+        from cotune.kernels.triton_jit import attention as jit  # imports Triton: only in the candidate process
 
         d = problem.dims
         causal = bool(d["causal"])

@@ -7,8 +7,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from kernels.gemm import GemmKernel
-from kernels.gpu import (
+from cotune.kernels.gemm import GemmKernel
+from cotune.kernels.gpu import (
     cuda_device,
     input_dtype,
     make_operand,
@@ -17,9 +17,9 @@ from kernels.gpu import (
     quantize_fp8,
     triton_toolchain,
 )
-from kernels.gpu_constraints import precision_supported, smem_fits, threads_fit
-from tuner.kernel import BenchSettings
-from tuner.types import Config, DeviceProfile, Measurement, Precision, Problem
+from cotune.kernels.gpu_constraints import precision_supported, smem_fits, threads_fit
+from cotune.tuner.measure.kernel import BenchSettings
+from cotune.tuner.types import Config, DeviceProfile, Measurement, Precision, Problem
 
 JIT_SOURCE = Path(__file__).with_name("triton_jit") / "matmul.py"
 
@@ -94,8 +94,8 @@ class TritonMatmul(GemmKernel):
 
     def precompile(self, problem: Problem, config: Config, device: DeviceProfile) -> None:
         cuda_device()  # Triton compiles for the GPU this process sees
-        from kernels.gpu import compile_failure
-        from kernels.triton_jit.matmul import warmup
+        from cotune.kernels.gpu import compile_failure
+        from cotune.kernels.triton_jit.matmul import warmup
 
         d, p = problem.dims, problem.dtype
         params = {k: int(v) for k, v in config.values.items()}
@@ -110,8 +110,7 @@ class TritonMatmul(GemmKernel):
     def measure(self, problem: Problem, config: Config, device: DeviceProfile, bench: BenchSettings) -> Measurement:
         dev = cuda_device()  # before importing Triton: no GPU is a clear failure, not a driver error
         import torch
-
-        from kernels.triton_jit.matmul import matmul
+        from cotune.kernels.triton_jit.matmul import matmul
 
         d = problem.dims
         p = problem.dtype

@@ -3,7 +3,7 @@
 A problem is one MoE layer's first GEMM (w1, the gate_up projection): ``M`` tokens of hidden size ``K``,
 each routed to ``topk`` of ``E`` experts whose weights are ``[N, K]`` (N = 2 x intermediate size per
 tensor-parallel rank), giving ``C [M, topk, N]``. The tuned parameters are vLLM's: the three block sizes,
-GROUP_SIZE_M, num_warps and num_stages. The Triton code lives in :mod:`kernels.triton_jit.moe`, imported
+GROUP_SIZE_M, num_warps and num_stages. The Triton code lives in :mod:`cotune.kernels.triton_jit.moe`, imported
 only inside :meth:`TritonMoE.measure` so this class loads without Triton or a GPU.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kernels.gpu import (
+from cotune.kernels.gpu import (
     cuda_device,
     input_dtype,
     make_operand,
@@ -21,9 +21,9 @@ from kernels.gpu import (
     quantize_fp8,
     triton_toolchain,
 )
-from kernels.gpu_constraints import precision_supported, smem_fits, threads_fit
-from tuner.kernel import BenchSettings, Kernel
-from tuner.types import Config, DeviceProfile, Measurement, Precision, Problem
+from cotune.kernels.gpu_constraints import precision_supported, smem_fits, threads_fit
+from cotune.tuner.measure.kernel import BenchSettings, Kernel
+from cotune.tuner.types import Config, DeviceProfile, Measurement, Precision, Problem
 
 if TYPE_CHECKING:
     import torch
@@ -68,8 +68,7 @@ def make_inputs(problem: Problem, device: torch.device) -> MoEInputs:
     layers) ever exists; fp8 weights get one scale per expert, activations one per tensor, as in vLLM.
     """
     import torch
-
-    from kernels.triton_jit.moe import route
+    from cotune.kernels.triton_jit.moe import route
 
     d = problem.dims
     m, e, n, k = d["M"], d["E"], d["N"], d["K"]
@@ -130,7 +129,7 @@ class TritonMoE(Kernel):
         """
         gpu = cuda_device()  # first, so a machine without a GPU fails fast and says why
 
-        from kernels.triton_jit import moe
+        from cotune.kernels.triton_jit import moe
 
         inputs = make_inputs(problem, gpu)
         topk = problem.dims["topk"]

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-
-from tuner.kernel import CandidateError
-from tuner.types import FailureKind
+from cotune.tuner.measure.kernel import CandidateError
+from cotune.tuner.types import FailureKind
 
 
 def max_rel_error(out: np.ndarray, ref: np.ndarray) -> float:

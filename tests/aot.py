@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 def compile_in_subprocess(code: str, timeout: float = 240) -> object:
     """Run ``code`` (which must print one JSON document last) with the Triton compiler, not the interpreter.
 
-    ``code`` can import :func:`kernels.triton_jit.aot.compile_for` and the kernel modules.
+    ``code`` can import :func:`cotune.kernels.triton_jit.aot.compile_for` and the kernel modules.
     """
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 def cotune(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tuner.cli", *args],
+        [sys.executable, "-m", "cotune.tuner.cli", *args],
         cwd=cwd,
         capture_output=True,
         text=True,

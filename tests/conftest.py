@@ -4,9 +4,8 @@ import os
 from pathlib import Path
 
 import pytest
-
-from tuner.device import detect
-from tuner.types import DeviceProfile
+from cotune.tuner.device.profiles import detect
+from cotune.tuner.types import DeviceProfile
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,10 +42,9 @@ def tune_one(tmp_path: Path, cpu: DeviceProfile):
 
     def _tune(text: str):
         import optuna
-
-        from tuner.driver import tune_job
-        from tuner.spec import parse_spec
-        from tuner.tracker import NullTracker
+        from cotune.tuner.driver import tune_job
+        from cotune.tuner.spec.job import parse_spec
+        from cotune.tuner.track.tracker import NullTracker
 
         url = f"sqlite:///{tmp_path}/studies.db"
         (outcome,) = tune_job(parse_spec(text), url, cpu, NullTracker())

@@ -9,10 +9,9 @@ import random
 
 import optuna
 import pytest
+from cotune.tuner.search.candidate_sampler import CandidateSampler
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
-
-from tuner.candidate_sampler import CandidateSampler
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

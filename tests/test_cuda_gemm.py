@@ -8,13 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
-
-from kernels.cuda_gemm import compile as nvrtc_compile
-from kernels.cuda_gemm.compile import compile_gemm
-from kernels.cuda_gemm.kernel import CudaGemm
-from tuner.device import recorded_profile
-from tuner.kernel import BenchSettings, CandidateError
-from tuner.types import Config, DeviceProfile, FailureKind, Precision, Problem
+from cotune.kernels.cuda_gemm import compile as nvrtc_compile
+from cotune.kernels.cuda_gemm.compile import compile_gemm
+from cotune.kernels.cuda_gemm.kernel import CudaGemm
+from cotune.tuner.device.profiles import recorded_profile
+from cotune.tuner.measure.kernel import BenchSettings, CandidateError
+from cotune.tuner.types import Config, DeviceProfile, FailureKind, Precision, Problem
 
 H100 = "NVIDIA H100 80GB HBM3"
 A100 = "NVIDIA A100-SXM4-80GB"
@@ -171,7 +170,7 @@ def gpu_profile() -> DeviceProfile:
 def test_measure_on_a_gpu_is_correct(dtype: str, config: Config, shape: tuple[int, int, int]) -> None:
     if not has_cuda():
         pytest.skip("needs a CUDA device")
-    from kernels.gpu import TOLERANCE
+    from cotune.kernels.gpu import TOLERANCE
 
     m, n, k = shape
     prob = problem(dtype, m, n, k)

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from tuner.device import detect, device_for, recorded_profile
-from tuner.errors import CotuneError
-from tuner.gpu_specs import GPU_SPECS, lookup, roofline_fraction
-from tuner.types import DeviceProfile
+from cotune.tuner.device.gpu_specs import GPU_SPECS, lookup, roofline_fraction
+from cotune.tuner.device.profiles import detect, device_for, recorded_profile
+from cotune.tuner.errors import CotuneError
+from cotune.tuner.types import DeviceProfile
 
 NO_DRIVER = not Path("/dev/nvidiactl").exists()
 
@@ -80,8 +79,8 @@ def test_no_gpu_is_a_clear_error() -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_profile_timer_and_energy_on_a_gpu() -> None:
-    from kernels.gpu_timing import energy_per_call, time_gpu
-    from tuner.kernel import BenchSettings
+    from cotune.kernels.gpu_timing import energy_per_call, time_gpu
+    from cotune.tuner.measure.kernel import BenchSettings
 
     device = detect("cuda")
     assert device.sm_count > 0 and device.shared_mem_per_block >= 48 * 1024 and device.l2_bytes > 0

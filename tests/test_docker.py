@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 
 import yaml
+from cotune.tuner.spec.settings import ServiceSettings
 
 from tests.conftest import REPO
-from tuner.settings import ServiceSettings
 
 COMPOSE = REPO / "docker" / "compose.yaml"
 

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from cotune.tuner.export.serving import ConfigTable
 
 from tests.cli import cotune, tune_and_export
-from tuner.serving import ConfigTable
 
 SPEC = """
 name: e2e

@@ -9,14 +9,13 @@ from __future__ import annotations
 import optuna
 import pytest
 import torch
-
-from tuner.driver import _front_trials
-from tuner.errors import SpecError
-from tuner.objective import directions, score
-from tuner.pareto import Policy, front, select
-from tuner.spec import parse_spec
-from tuner.tracker import BestLog
-from tuner.types import Config, Measurement, Objective
+from cotune.tuner.codesign.pareto import Policy, front, select
+from cotune.tuner.driver import _front_trials
+from cotune.tuner.errors import SpecError
+from cotune.tuner.measure.objective import directions, score
+from cotune.tuner.spec.job import parse_spec
+from cotune.tuner.track.tracker import BestLog
+from cotune.tuner.types import Config, Measurement, Objective
 
 BASE = """
 name: energy
@@ -84,9 +83,9 @@ def test_energy_objectives_need_a_gpu_kernel_and_one_objective_for_patience() ->
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_time_and_energy_job_on_a_gpu(tmp_path) -> None:
-    from tuner.device import detect
-    from tuner.driver import tune_job
-    from tuner.tracker import NullTracker
+    from cotune.tuner.device.profiles import detect
+    from cotune.tuner.driver import tune_job
+    from cotune.tuner.track.tracker import NullTracker
 
     spec = parse_spec(
         BASE.format(kernel="triton_matmul", precision="bf16", objective="time_and_energy").replace("10}", "6}")

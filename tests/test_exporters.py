@@ -12,13 +12,12 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-
-from tuner.errors import SpecError
-from tuner.exporters import EXPORTERS, Exporter, get_exporter
-from tuner.exporters.autotune import AutotuneExporter
-from tuner.exporters.cotune_json import CotuneJsonExporter
-from tuner.exporters.vllm import SglangExporter, VllmExporter, nearest_config
-from tuner.serving import ConfigTable
+from cotune.tuner.errors import SpecError
+from cotune.tuner.export.autotune import AutotuneExporter
+from cotune.tuner.export.cotune_json import CotuneJsonExporter
+from cotune.tuner.export.formats import EXPORTERS, Exporter, get_exporter
+from cotune.tuner.export.serving import ConfigTable
+from cotune.tuner.export.vllm import SglangExporter, VllmExporter, nearest_config
 
 REPO = Path(__file__).resolve().parents[1]
 H100 = "NVIDIA H100 80GB HBM3"
@@ -117,7 +116,7 @@ def test_get_exporter_builds_each_format(name: str) -> None:
 
 
 def test_triton_server_slot_is_registered() -> None:
-    assert EXPORTERS["triton-server"] == "tuner.exporters.triton_server:TritonServerExporter"
+    assert EXPORTERS["triton-server"] == "cotune.tuner.export.triton_server:TritonServerExporter"
 
 
 def test_unknown_format_names_the_known_ones() -> None:
@@ -289,9 +288,8 @@ def test_autotune_matmul_module(export: dict, tmp_path: Path) -> None:
 def test_autotune_module_keys_are_kernel_arguments(export: dict, tmp_path: Path) -> None:
     """Triton rejects a key that is no argument of the jitted function; decorating is the check."""
     import triton
-
-    from kernels.triton_jit.matmul import matmul_kernel
-    from kernels.triton_jit.moe import fused_moe_kernel
+    from cotune.kernels.triton_jit.matmul import matmul_kernel
+    from cotune.kernels.triton_jit.moe import fused_moe_kernel
 
     AutotuneExporter().write(export, tmp_path)
     for name, fn in (("triton_matmul", matmul_kernel), ("triton_moe_bf16", fused_moe_kernel)):
@@ -335,7 +333,7 @@ def test_autotune_without_triton_results_is_an_error(tmp_path: Path) -> None:
 
 
 def test_rest_api_returns_the_same_files_as_the_cli(export: dict, tmp_path: Path) -> None:
-    from tuner.api import _serving_files
+    from cotune.tuner.service.api import _serving_files
 
     served = _serving_files(export, "vllm")
     written = get_exporter("vllm").write(export, tmp_path)

@@ -12,9 +12,8 @@ import pytest
 pytest.importorskip("kernel_tuner")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
+from cotune.tuner.search.replay import load_recording  # noqa: E402
 from kernel_tuner_peer import kt_best_so_far  # noqa: E402
-
-from tuner.replay import load_recording  # noqa: E402
 
 
 def tile_cache(path: Path) -> Path:

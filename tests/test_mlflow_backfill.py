@@ -3,14 +3,13 @@ was down for its write, or its worker was killed) gets one when the study finish
 
 from __future__ import annotations
 
+from cotune.kernels.noop import Noop
+from cotune.tuner.driver import StudySession
+from cotune.tuner.measure.isolation import CandidateRunner
+from cotune.tuner.spec.job import parse_spec
+from cotune.tuner.store.studies import open_storage
+from cotune.tuner.track.mlflow_tracker import MlflowTracker
 from mlflow import MlflowClient
-
-from kernels.noop import Noop
-from tuner.driver import StudySession
-from tuner.isolation import CandidateRunner
-from tuner.mlflow_tracker import MlflowTracker
-from tuner.spec import parse_spec
-from tuner.storage import open_storage
 
 SPEC = "name: backfill\nkernel: noop\nproblems: [{sleep_ms: 1}]\nbudget: {trials: 4}\nbench: {warmup: 0, repeats: 1}\n"
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from kernels.c_matmul.kernel import CMatmul
-from tuner.isolation import CandidateRunner
-from tuner.kernel import BenchSettings
-from tuner.objective import TrialObjective
-from tuner.space import load_space
-from tuner.types import Config, FailureKind, Problem, TrialStatus
+from cotune.kernels.c_matmul.kernel import CMatmul
+from cotune.tuner.measure.isolation import CandidateRunner
+from cotune.tuner.measure.kernel import BenchSettings
+from cotune.tuner.measure.objective import TrialObjective
+from cotune.tuner.space.search_space import load_space
+from cotune.tuner.types import Config, FailureKind, Problem, TrialStatus
 
 DATA = Path(__file__).parent / "data"
 BASE = {"TILE_M": 16, "TILE_N": 64, "TILE_K": 16, "UNROLL": 1, "LOOP_ORDER": "ikj"}
@@ -91,7 +90,7 @@ def test_a_config_running_a_measured_program_reuses_its_result_without_running(r
 
 
 def test_one_slow_call_does_not_make_a_stable_timing_look_noisy():
-    from tuner.types import Measurement
+    from cotune.tuner.types import Measurement
 
     steady = Measurement(times_s=(1.0e-3,) * 14 + (5.0e-3,))  # one call 5x slower, as a page fault makes
     assert steady.spread < 0.01

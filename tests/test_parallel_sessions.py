@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from tuner.driver import StudySession
-from tuner.isolation import CandidateRunner
-from tuner.registry import get_kernel
-from tuner.spec import parse_spec
-from tuner.storage import open_storage
-from tuner.tracker import NullTracker
-from tuner.types import FailureKind, TrialStatus
+from cotune.tuner.driver import StudySession
+from cotune.tuner.measure.isolation import CandidateRunner
+from cotune.tuner.measure.registry import get_kernel
+from cotune.tuner.spec.job import parse_spec
+from cotune.tuner.store.studies import open_storage
+from cotune.tuner.track.tracker import NullTracker
+from cotune.tuner.types import FailureKind, TrialStatus
 
 SPEC = "name: par\nkernel: noop\nproblems: [{sleep_ms: 1}]\nbudget: {trials: 5}\nbench: {warmup: 0, repeats: 1}\n"
 

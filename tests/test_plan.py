@@ -7,12 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-
-from tuner import registry
-from tuner.errors import SpecError
-from tuner.model_config import ModelConfig, load_model_config, parse_model_config
-from tuner.plan import layer_problems, plan_specs, write_plan
-from tuner.spec import parse_spec
+from cotune.tuner.codesign.model_config import ModelConfig, load_model_config, parse_model_config
+from cotune.tuner.codesign.plan import layer_problems, plan_specs, write_plan
+from cotune.tuner.errors import SpecError
+from cotune.tuner.measure import registry
+from cotune.tuner.spec.job import parse_spec
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 BATCHES = [1, 16, 64]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
+from cotune.tuner.codesign.precision_choice import choose
+from cotune.tuner.types import Measurement, Problem
+
 from tests.cli import tune_and_export
-from tuner.precision_choice import choose
-from tuner.types import Measurement, Problem
 
 SPEC = """
 name: precisions
@@ -54,7 +55,7 @@ def test_a_job_with_a_bound_exports_its_precision_choice(tmp_path) -> None:
 
 
 def test_a_throughput_job_ranks_precisions_by_throughput() -> None:
-    from tuner.types import Objective
+    from cotune.tuner.types import Objective
 
     shape = {"M": 16, "N": 64, "K": 64}
     # a serving kernel: bf16 has the lower median latency but serves fewer flop/s (fewer requests batched)

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from kernels.c_matmul.kernel import CMatmul
-from kernels.cuda_gemm.compile import arch_of, compile_gemm
-from tuner.device import recorded_profile
-from tuner.driver import tune_job
-from tuner.precompile import Precompiler
-from tuner.spec import parse_spec
-from tuner.tracker import NullTracker
-from tuner.types import Config, FailureKind, Problem
+from cotune.kernels.c_matmul.kernel import CMatmul
+from cotune.kernels.cuda_gemm.compile import arch_of, compile_gemm
+from cotune.tuner.device.profiles import recorded_profile
+from cotune.tuner.driver import tune_job
+from cotune.tuner.measure.precompile import Precompiler
+from cotune.tuner.spec.job import parse_spec
+from cotune.tuner.track.tracker import NullTracker
+from cotune.tuner.types import Config, FailureKind, Problem
 
 H100 = recorded_profile("NVIDIA H100 80GB HBM3")
 GEMM = Problem.make("cuda_gemm", {"M": 256, "N": 256, "K": 256}, "fp32")
@@ -114,7 +113,7 @@ def test_compile_workers_zero_turns_the_pool_off(tmp_path, monkeypatch, cpu) -> 
     ],
 )  # fmt: skip
 def test_triton_warmup_in_the_pool_compiles_on_a_gpu(kernel, shape, config) -> None:
-    from tuner.device import detect
+    from cotune.tuner.device.profiles import detect
 
     problem = Problem.make(kernel, shape, "bf16")
     with Precompiler(1) as pool:

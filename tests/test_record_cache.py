@@ -9,11 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from tuner.device import detect
-from tuner.registry import get_kernel
-from tuner.replay import load_kernel_tuner_cache, replay
-from tuner.types import Problem
+from cotune.tuner.device.profiles import detect
+from cotune.tuner.measure.registry import get_kernel
+from cotune.tuner.search.replay import load_kernel_tuner_cache, replay
+from cotune.tuner.types import Problem
 
 REPO = Path(__file__).resolve().parents[1]
 GRID = ["--values", "TILE_M=8,16", "--values", "TILE_N=16,32", "--values", "TILE_K=8,16", "--values", "UNROLL=1,4"]

@@ -7,9 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from tuner.errors import SpecError
-from tuner.replay import ReplayResult, load_kernel_tuner_cache, load_recording, replay
+from cotune.tuner.errors import SpecError
+from cotune.tuner.search.replay import ReplayResult, load_kernel_tuner_cache, load_recording, replay
 
 DATA = Path(__file__).parent / "data"
 FIXTURE = DATA / "vector_add_time_energy_RTX_4000_Ada.json"
@@ -65,7 +64,7 @@ def synthetic_t4(path: Path, timeunit: str = "miliseconds") -> Path:
 def test_a_t4_results_file_replays_like_the_same_kernel_tuner_cache(tmp_path):
     """T4 (the Kernel Tuner community's interchange format) holds the same recording as a cache file:
     the same configs, times, failures and tuning costs; a config failing the constraints is outside."""
-    from tuner.replay import load_recording
+    from cotune.tuner.search.replay import load_recording
 
     cache = load_recording(synthetic_cache(tmp_path / "c.json.gz"))
     for unit in ("miliseconds", "seconds"):
@@ -137,9 +136,8 @@ def test_an_interrupted_run_s_open_cache_is_read_as_kernel_tuner_reads_it(tmp_pa
     cut = load_recording(tmp_path / "cut.json")
     last = (3, 3)  # the cache's last entry
     assert set(cut.records) == set(closed.records) - {last} and "cut off mid-write" in cut.notes[0]
+    from cotune.tuner.cli.main import app
     from typer.testing import CliRunner
-
-    from tuner.cli import app
 
     run = CliRunner().invoke(app, ["replay", str(tmp_path / "cut.json"), "--budget", "5", "--json"])
     assert run.exit_code == 0 and json.loads(run.stdout)["optimum"] == 11.0
@@ -224,7 +222,7 @@ def test_improvements_are_the_steps_of_the_best_so_far():
 
 def test_cli_json_and_bad_file(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "tuner.cli", "replay", str(FIXTURE), "--budget", "15", "--seed", "1", "--json"],
+        [sys.executable, "-m", "cotune.tuner.cli", "replay", str(FIXTURE), "--budget", "15", "--seed", "1", "--json"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -233,7 +231,7 @@ def test_cli_json_and_bad_file(tmp_path):
     out = json.loads(proc.stdout)
     assert len(out["best_so_far"]) == 15 and out["best_so_far"][-1] == out["optimum"]
     for budget in ("15", "2"):  # the optimum reached in the first, not within 5 % in the second (seed 1)
-        args = [sys.executable, "-m", "tuner.cli", "replay", str(FIXTURE), "--budget", budget, "--seed", "1"]
+        args = [sys.executable, "-m", "cotune.tuner.cli", "replay", str(FIXTURE), "--budget", budget, "--seed", "1"]
         reached = json.loads(subprocess.run([*args, "--json"], capture_output=True, text=True).stdout)
         text = subprocess.run(args, capture_output=True, text=True).stdout
         for pct, n in reached["evaluations_to_within"].items():
@@ -249,10 +247,12 @@ def test_cli_json_and_bad_file(tmp_path):
         assert [int(line.split()[1].rstrip(":")) for line in text.splitlines() if "evaluation " in line] == changed
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
-    proc = subprocess.run([sys.executable, "-m", "tuner.cli", "replay", str(bad)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cotune.tuner.cli", "replay", str(bad)], capture_output=True, text=True
+    )
     assert proc.returncode == 1 and "not a Kernel Tuner cache file" in proc.stderr
     proc = subprocess.run(
-        [sys.executable, "-m", "tuner.cli", "replay", str(FIXTURE), "--related", str(bad)],
+        [sys.executable, "-m", "cotune.tuner.cli", "replay", str(FIXTURE), "--related", str(bad)],
         capture_output=True,
         text=True,
     )
@@ -261,19 +261,25 @@ def test_cli_json_and_bad_file(tmp_path):
         '{"tune_params_keys": ["a"], "tune_params": {"a": [1]}, "cache": {"1": {"a": 1, "GFLOP/s": 3.0}}}'
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "tuner.cli", "replay", str(tmp_path / "no_time.json")], capture_output=True, text=True
+        [sys.executable, "-m", "cotune.tuner.cli", "replay", str(tmp_path / "no_time.json")],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 1 and "cache entry '1' is malformed (KeyError: 'time')" in proc.stderr
     (tmp_path / "list_value.json").write_text(
         '{"tune_params_keys": ["a"], "tune_params": {"a": [[1, 2]]}, "cache": {"1,2": {"a": [1, 2], "time": 3.0}}}'
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "tuner.cli", "replay", str(tmp_path / "list_value.json")], capture_output=True, text=True
+        [sys.executable, "-m", "cotune.tuner.cli", "replay", str(tmp_path / "list_value.json")],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 1 and "param 'a' has the value [1, 2]" in proc.stderr
     empty_t4 = tmp_path / "empty_T4.json"
     empty_t4.write_text('{"schema_version": "1.0.0", "results": []}')
-    proc = subprocess.run([sys.executable, "-m", "tuner.cli", "replay", str(empty_t4)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cotune.tuner.cli", "replay", str(empty_t4)], capture_output=True, text=True
+    )
     assert proc.returncode == 1 and "empty_T4.json: not a T4 results file" in proc.stderr
 
 
@@ -296,7 +302,7 @@ def test_unknown_sampler_is_rejected():
 
 def test_replays_a_cotune_trial_table(tmp_path, tune_one):
     """The trials.csv of a real local study replays: its measured configs, its best as the optimum."""
-    from tuner.replay import load_recording
+    from cotune.tuner.search.replay import load_recording
 
     outcome, study, _ = tune_one(
         "name: table\nkernel: noop\nproblems: [{sleep_ms: 1}]\nbudget: {trials: 8}\n"
@@ -314,9 +320,9 @@ def test_replays_a_cotune_trial_table(tmp_path, tune_one):
 def test_a_throughput_study_s_trial_table_replays_its_times(tmp_path, tune_one):
     """Replay minimises time. A max_throughput study tells Optuna GFLOP/s, higher is better; its trial table
     still holds each trial's measured times, and those are replayed, so the optimum is the fastest config."""
-    from tuner.replay import load_recording
-    from tuner.trial_record import record
-    from tuner.types import Measurement
+    from cotune.tuner.measure.trial_record import record
+    from cotune.tuner.search.replay import load_recording
+    from cotune.tuner.types import Measurement
 
     outcome, study, _ = tune_one(
         "name: flops\nkernel: c_matmul\nproblems: [{M: 32, N: 32, K: 32}]\nobjective: max_throughput\n"
@@ -356,7 +362,7 @@ def test_the_cli_replays_a_cotune_recording_as_a_study_would(tmp_path):
     path = h100 / "triton_matmul_fp8_K8192_M16_N8192_nvidia-h100-80gb-hbm3.json.gz"
     data = load_recording(path)
     program = data.program_key()
-    base = [sys.executable, "-m", "tuner.cli", "replay", str(path), "--sampler", "random", "--budget", "300"]
+    base = [sys.executable, "-m", "cotune.tuner.cli", "replay", str(path), "--sampler", "random", "--budget", "300"]
     runs = {}
     for flag in ("", "--configs"):
         proc = subprocess.run([*base, "--seed", "3", "--json", *filter(None, [flag])], capture_output=True, text=True)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from kernels.noop import Noop
-from kernels.triton_matmul import TritonMatmul
-from tuner.driver import StudySession
-from tuner.isolation import CandidateRunner
-from tuner.spec import parse_spec
-from tuner.storage import open_storage
-from tuner.tracker import NullTracker
-from tuner.trial_record import TRIAL_ATTR, counted
-from tuner.types import Config, Problem
+from cotune.kernels.noop import Noop
+from cotune.kernels.triton_matmul import TritonMatmul
+from cotune.tuner.driver import StudySession
+from cotune.tuner.measure.isolation import CandidateRunner
+from cotune.tuner.measure.trial_record import TRIAL_ATTR, counted
+from cotune.tuner.spec.job import parse_spec
+from cotune.tuner.store.studies import open_storage
+from cotune.tuner.track.tracker import NullTracker
+from cotune.tuner.types import Config, Problem
 
 SPEC = "name: twins\nkernel: noop\nproblems: [{sleep_ms: 1}]\nbudget: {trials: 40}\nbench: {warmup: 0, repeats: 1}\n"
 
@@ -60,7 +60,7 @@ def test_a_step_past_the_last_program_ends_at_once(tmp_path, cpu):
 
 
 def test_a_service_study_gets_at_most_one_ticket_per_program(cpu):
-    from worker.dispatch import study_budget
+    from cotune.worker.dispatch import study_budget
 
     kernel = NoopIgnoringY()
     (problem,) = parse_spec(SPEC).expand()

@@ -7,15 +7,14 @@ from pathlib import Path
 
 import optuna
 import pytest
-
-from kernels.c_matmul.kernel import CMatmul
-from tuner.driver import tune_job
-from tuner.errors import SpecError
-from tuner.registry import get_kernel
-from tuner.space import load_space
-from tuner.spec import parse_spec
-from tuner.tracker import NullTracker
-from tuner.types import Config, Problem
+from cotune.kernels.c_matmul.kernel import CMatmul
+from cotune.tuner.driver import tune_job
+from cotune.tuner.errors import SpecError
+from cotune.tuner.measure.registry import get_kernel
+from cotune.tuner.space.search_space import load_space
+from cotune.tuner.spec.job import parse_spec
+from cotune.tuner.track.tracker import NullTracker
+from cotune.tuner.types import Config, Problem
 
 BASE = Path(CMatmul().space().source).read_text()
 SPACE = (
@@ -57,7 +56,7 @@ def test_seeds_are_measured_first_up_to_a_quarter_of_the_budget(tmp_path, cpu, w
 
 
 def test_the_shipped_matmul_seeds_put_fp8_configs_first_for_fp8() -> None:
-    from tuner.device import recorded_profile
+    from cotune.tuner.device.profiles import recorded_profile
 
     space = get_kernel("triton_matmul").space()
     h100 = recorded_profile("NVIDIA H100 80GB HBM3")

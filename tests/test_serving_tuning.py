@@ -6,15 +6,14 @@ import threading
 import time
 from pathlib import Path
 
+import cotune.kernels.torch_decoder as td
 import pytest
-
-import kernels.torch_decoder as td
-from kernels.torch_decoder import REQUESTS, TOLERANCE, TorchDecoder, p99_s, requests_per_s, serve
-from tuner.errors import SpecError
-from tuner.exporters import get_exporter
-from tuner.exporters.triton_server import TritonServerExporter, model_name, preferred_batch_sizes
-from tuner.kernel import BenchSettings, CandidateError
-from tuner.types import Config, FailureKind, Precision, Problem
+from cotune.kernels.torch_decoder import REQUESTS, TOLERANCE, TorchDecoder, p99_s, requests_per_s, serve
+from cotune.tuner.errors import SpecError
+from cotune.tuner.export.formats import get_exporter
+from cotune.tuner.export.triton_server import TritonServerExporter, model_name, preferred_batch_sizes
+from cotune.tuner.measure.kernel import BenchSettings, CandidateError
+from cotune.tuner.types import Config, FailureKind, Precision, Problem
 
 SMALL = {"hidden": 64, "heads": 4, "intermediate": 128, "seq": 16}
 

@@ -3,11 +3,10 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-
-from kernels.c_matmul.kernel import CMatmul
-from tuner.errors import SpecError
-from tuner.space import load_space
-from tuner.types import Config, Problem
+from cotune.kernels.c_matmul.kernel import CMatmul
+from cotune.tuner.errors import SpecError
+from cotune.tuner.space.search_space import load_space
+from cotune.tuner.types import Config, Problem
 
 
 def test_shipped_space_loads_and_expands_pow2():

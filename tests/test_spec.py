@@ -1,10 +1,9 @@
 from __future__ import annotations
 
 import pytest
-
-from tuner.errors import SpecError
-from tuner.settings import Settings
-from tuner.spec import parse_spec
+from cotune.tuner.errors import SpecError
+from cotune.tuner.spec.job import parse_spec
+from cotune.tuner.spec.settings import Settings
 
 GOOD = """
 name: t

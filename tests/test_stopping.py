@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from tuner.replay import load_kernel_tuner_cache, replay
-from tuner.spec import parse_spec
-from tuner.stopping import StallDetector
+from cotune.tuner.search.replay import load_kernel_tuner_cache, replay
+from cotune.tuner.search.stopping import StallDetector
+from cotune.tuner.spec.job import parse_spec
 
 
 def test_stalls_after_patience_evaluations_without_a_one_percent_gain():
@@ -58,7 +58,7 @@ def test_spec_accepts_patience():
 def test_a_local_study_stops_once_patience_evaluations_gain_nothing(tune_one):
     """``cotune tune`` stops a problem at the first evaluation that completes a run of ``patience``
     evaluations without a 1 % gain, in the order they finished."""
-    from tuner.trial_record import counted
+    from cotune.tuner.measure.trial_record import counted
 
     _, study, _ = tune_one(
         "name: stall\nkernel: noop\nproblems: [{sleep_ms: 5}]\nbudget: {trials: 80, patience: 5}\n"

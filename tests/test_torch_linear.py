@@ -1,10 +1,9 @@
 from __future__ import annotations
 
 import pytest
-
-from kernels.torch_linear import TOLERANCE, TorchLinear
-from tuner.kernel import BenchSettings
-from tuner.types import Config, Precision, Problem
+from cotune.kernels.torch_linear import TOLERANCE, TorchLinear
+from cotune.tuner.measure.kernel import BenchSettings
+from cotune.tuner.types import Config, Precision, Problem
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import optuna
 import pytest
-
-from tuner.driver import StudySession, job_space, study_name, tune_job
-from tuner.errors import SpecError
-from tuner.isolation import CandidateRunner
-from tuner.registry import get_kernel
-from tuner.spec import parse_spec
-from tuner.tracker import NullTracker
-from tuner.transfer import neighbour_trials
+from cotune.tuner.driver import StudySession, job_space, study_name, tune_job
+from cotune.tuner.errors import SpecError
+from cotune.tuner.measure.isolation import CandidateRunner
+from cotune.tuner.measure.registry import get_kernel
+from cotune.tuner.search.transfer import neighbour_trials
+from cotune.tuner.spec.job import parse_spec
+from cotune.tuner.track.tracker import NullTracker
 
 SPEC = """
 name: warm

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cotune.kernels.gpu import TOLERANCE
+from cotune.kernels.triton_attention import TritonAttention, smem_estimate
+from cotune.tuner.device.profiles import recorded_profile
+from cotune.tuner.measure.kernel import BenchSettings, CandidateError
+from cotune.tuner.types import Config, FailureKind, Precision, Problem
 
-from kernels.gpu import TOLERANCE
-from kernels.triton_attention import TritonAttention, smem_estimate
 from tests.aot import compile_in_subprocess
-from tuner.device import recorded_profile
-from tuner.kernel import BenchSettings, CandidateError
-from tuner.types import Config, FailureKind, Precision, Problem
 
 H100 = recorded_profile("NVIDIA H100 80GB HBM3")
 A100 = recorded_profile("NVIDIA A100-SXM4-80GB")
@@ -34,7 +34,7 @@ def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def _run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, **blocks: int) -> torch.Tensor:
-    from kernels.triton_jit.attention import attention
+    from cotune.kernels.triton_jit.attention import attention
 
     return attention(q, k, v, causal=causal, **{**SMALL, **blocks})
 
@@ -87,8 +87,8 @@ def test_launcher_rejects_causal_with_unequal_seqs() -> None:
 
 _COMPILE = """
 import json
-from kernels.triton_jit.aot import compile_for
-from kernels.triton_jit.attention import attention_fwd
+from cotune.kernels.triton_jit.aot import compile_for
+from cotune.kernels.triton_jit.attention import attention_fwd
 out = []
 for cc, dt, head_dim, causal, cfg in CASES:
     sig = {p: "*" + dt for p in ("q_ptr", "k_ptr", "v_ptr", "o_ptr")}
@@ -194,7 +194,7 @@ def test_measure_without_a_gpu_is_a_clear_failure() -> None:
 @pytest.mark.parametrize("causal", [0, 1])
 @pytest.mark.parametrize("precision", ["fp16", "bf16", "fp32"])
 def test_measures_on_a_gpu(precision: str, causal: int) -> None:
-    from tuner.device import detect
+    from cotune.tuner.device.profiles import detect
 
     device = detect("cuda")
     if precision == "bf16" and device.compute_capability and tuple(device.compute_capability) < (8, 0):

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cotune.kernels.gpu import TOLERANCE, quantize_fp8
+from cotune.kernels.triton_matmul import TritonMatmul, smem_estimate
+from cotune.tuner.device.profiles import recorded_profile
+from cotune.tuner.measure.kernel import BenchSettings, CandidateError
+from cotune.tuner.types import Config, FailureKind, Precision, Problem
 
-from kernels.gpu import TOLERANCE, quantize_fp8
-from kernels.triton_matmul import TritonMatmul, smem_estimate
 from tests.aot import compile_in_subprocess
-from tuner.device import recorded_profile
-from tuner.kernel import BenchSettings, CandidateError
-from tuner.types import Config, FailureKind, Precision, Problem
 
 H100 = recorded_profile("NVIDIA H100 80GB HBM3")
 A100 = recorded_profile("NVIDIA A100-SXM4-80GB")
@@ -30,7 +30,7 @@ def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 @pytest.mark.parametrize("split_k", [1, 2])
 @pytest.mark.parametrize("precision", [Precision.FP32, Precision.FP16, Precision.FP8])
 def test_matches_torch_under_the_interpreter(precision: Precision, split_k: int) -> None:
-    from kernels.triton_jit.matmul import matmul
+    from cotune.kernels.triton_jit.matmul import matmul
 
     gen = torch.Generator().manual_seed(0)
     m, n, k = 33, 48, 80  # none a multiple of the blocks: masks and the wrapped row index are exercised
@@ -52,7 +52,7 @@ def test_matches_torch_under_the_interpreter(precision: Precision, split_k: int)
 
 def test_a_wrong_tile_would_be_caught() -> None:
     """The check is not vacuous: dropping the last K block (what a bad mask does) exceeds the tolerance."""
-    from kernels.triton_jit.matmul import matmul
+    from cotune.kernels.triton_jit.matmul import matmul
 
     gen = torch.Generator().manual_seed(0)
     x, w = torch.randn(32, 80, generator=gen), torch.randn(32, 80, generator=gen)
@@ -62,8 +62,8 @@ def test_a_wrong_tile_would_be_caught() -> None:
 
 _COMPILE = """
 import json
-from kernels.triton_jit.aot import compile_for
-from kernels.triton_jit.matmul import matmul_kernel
+from cotune.kernels.triton_jit.aot import compile_for
+from cotune.kernels.triton_jit.matmul import matmul_kernel
 ints = ["M", "N", "K", "stride_am", "stride_bn", "stride_cs", "stride_cm"]
 units = {"stride_ak": 1, "stride_bk": 1, "stride_cn": 1}
 out = []
@@ -132,7 +132,7 @@ def test_measure_without_a_gpu_is_a_clear_failure() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("precision", ["fp16", "bf16", "fp8"])
 def test_measures_on_a_gpu(precision: str) -> None:
-    from tuner.device import detect
+    from cotune.tuner.device.profiles import detect
 
     device = detect("cuda")
     if precision == "fp8" and not device.supports_fp8:
@@ -150,7 +150,7 @@ def test_configs_of_one_program_key_measure_alike_on_the_h100() -> None:
     import statistics
     from pathlib import Path
 
-    from tuner.replay import load_recording
+    from cotune.tuner.search.replay import load_recording
 
     kernel = TritonMatmul()
     recordings = Path(__file__).parents[1] / "bench" / "results" / "replay_h100"

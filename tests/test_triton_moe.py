@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cotune.kernels.gpu import TOLERANCE
+from cotune.kernels.triton_moe import TritonMoE, make_inputs, moe_smem_bytes
+from cotune.tuner.device.profiles import recorded_profile
+from cotune.tuner.measure.kernel import BenchSettings, CandidateError
+from cotune.tuner.types import Config, FailureKind, Precision, Problem
 
-from kernels.gpu import TOLERANCE
-from kernels.triton_moe import TritonMoE, make_inputs, moe_smem_bytes
 from tests.aot import compile_in_subprocess
-from tuner.device import recorded_profile
-from tuner.kernel import BenchSettings, CandidateError
-from tuner.types import Config, FailureKind, Precision, Problem
 
 H100 = recorded_profile("NVIDIA H100 80GB HBM3")
 A100 = recorded_profile("NVIDIA A100-SXM4-80GB")
@@ -30,7 +30,7 @@ def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 def _run(problem: Problem, config: dict[str, int], *, weighted: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The kernel's output and the fp32 reference, both from :func:`make_inputs` (as measure() builds them)."""
-    from kernels.triton_jit.moe import fused_moe, reference
+    from cotune.kernels.triton_jit.moe import fused_moe, reference
 
     x = make_inputs(problem, CPU)
     weights = x.topk_weights if weighted else None
@@ -53,7 +53,7 @@ def test_matches_the_reference_under_the_interpreter(precision: Precision, m: in
 
 def test_ragged_shapes_and_routed_weights_under_the_interpreter() -> None:
     """N and K not multiples of the blocks (wrapped B columns, masked K tail), routed weights applied."""
-    from kernels.triton_jit.moe import reference
+    from cotune.kernels.triton_jit.moe import reference
 
     problem = _problem(Precision.FP16, M=9, E=3, N=48, K=80, topk=2)
     out, ref = _run(problem, {**TINY, "BLOCK_SIZE_N": 32}, weighted=True)
@@ -66,7 +66,7 @@ def test_ragged_shapes_and_routed_weights_under_the_interpreter() -> None:
 
 @pytest.mark.parametrize("block_m", [16, 64])
 def test_align_block_size_groups_every_token_slot_once_by_expert(block_m: int) -> None:
-    from kernels.triton_jit.moe import align_block_size, route
+    from cotune.kernels.triton_jit.moe import align_block_size, route
 
     num_experts, topk = 8, 3
     _, ids = route(37, num_experts, topk, seed=3)
@@ -91,8 +91,8 @@ def test_align_block_size_groups_every_token_slot_once_by_expert(block_m: int) -
 
 _COMPILE = """
 import json
-from kernels.triton_jit.aot import compile_for
-from kernels.triton_jit.moe import fused_moe_kernel
+from cotune.kernels.triton_jit.aot import compile_for
+from cotune.kernels.triton_jit.moe import fused_moe_kernel
 ptrs = ["a_ptr", "b_ptr", "c_ptr", "sorted_token_ids_ptr", "expert_ids_ptr", "num_tokens_post_padded_ptr"]
 dims = ["N", "K", "EM", "stride_am", "stride_be", "stride_bn", "stride_cm"]  # multiples of 16 in real layers
 out = []
@@ -184,7 +184,7 @@ def test_measure_without_a_gpu_is_a_clear_failure() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("precision", ["fp16", "bf16", "fp8"])
 def test_measures_on_a_gpu(precision: str) -> None:
-    from tuner.device import detect
+    from cotune.tuner.device.profiles import detect
 
     device = detect("cuda")
     if precision == "fp8" and not device.supports_fp8:

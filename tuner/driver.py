@@ -12,21 +12,21 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
-from tuner.isolation import CandidateRunner
-from tuner.kernel import Kernel
-from tuner.objective import TrialObjective, TrialResult, directions, primary
-from tuner.pareto import front, front_json, select
-from tuner.precompile import Precompiler
-from tuner.registry import get_kernel
-from tuner.samplers import make_sampler
-from tuner.space import SearchSpace, load_space
-from tuner.spec import JobSpec
-from tuner.stopping import StallDetector
-from tuner.storage import open_storage
-from tuner.tracker import BestLog, StudyInfo, Tracker, TrialLog
-from tuner.transfer import first_configs, neighbour_trials
-from tuner.trial_record import counted, fail_lost_trial, record, result_from_trial, tell
-from tuner.types import Config, DeviceProfile, FailureKind, Measurement, Objective, Problem, TrialStatus
+from cotune.tuner.codesign.pareto import front, front_json, select
+from cotune.tuner.measure.isolation import CandidateRunner
+from cotune.tuner.measure.kernel import Kernel
+from cotune.tuner.measure.objective import TrialObjective, TrialResult, directions, primary
+from cotune.tuner.measure.precompile import Precompiler
+from cotune.tuner.measure.registry import get_kernel
+from cotune.tuner.measure.trial_record import counted, fail_lost_trial, record, result_from_trial, tell
+from cotune.tuner.search.samplers import make_sampler
+from cotune.tuner.search.stopping import StallDetector
+from cotune.tuner.search.transfer import first_configs, neighbour_trials
+from cotune.tuner.space.search_space import SearchSpace, load_space
+from cotune.tuner.spec.job import JobSpec
+from cotune.tuner.store.studies import open_storage
+from cotune.tuner.track.tracker import BestLog, StudyInfo, Tracker, TrialLog
+from cotune.tuner.types import Config, DeviceProfile, FailureKind, Measurement, Objective, Problem, TrialStatus
 
 # Stop asking when this many proposals in a row were infeasible or already measured.
 MAX_IDLE_PROPOSALS = 200

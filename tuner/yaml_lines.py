@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from cotune.tuner.errors import SpecError
 from pydantic import ValidationError
-
-from tuner.errors import SpecError
 
 Path_ = tuple[str | int, ...]
 

@@ -1,17 +1,16 @@
-"""The Celery app, configured for long GPU tasks from :class:`tuner.settings.ServiceSettings`."""
+"""The Celery app, configured for long GPU tasks from :class:`cotune.tuner.spec.settings.ServiceSettings`."""
 
 from __future__ import annotations
 
 from celery import Celery
-
-from tuner.settings import ServiceSettings
+from cotune.tuner.spec.settings import ServiceSettings
 
 TASK_RUN_TICKET = "cotune.run_ticket"
 
 
 def make_app(settings: ServiceSettings | None = None) -> Celery:
     s = settings or ServiceSettings.from_env()
-    app = Celery("cotune", broker=s.broker_url, backend=s.result_backend, include=["worker.tasks"])
+    app = Celery("cotune", broker=s.broker_url, backend=s.result_backend, include=["cotune.worker.tasks"])
     app.conf.update(
         # A task is acknowledged when it ends, not when it starts, and a lost worker process puts it back.
         task_acks_late=True,

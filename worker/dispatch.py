@@ -7,21 +7,20 @@ import uuid
 from collections.abc import Iterable
 
 from celery import Celery
-
-from tuner.device import CPU_KIND, cpu_profile, queue_name, recorded_profile
-from tuner.driver import feasible_programs
-from tuner.errors import CotuneError, SpecError, StorageError
-from tuner.jobs import JobStore, new_job_id
-from tuner.kernel import Kernel
-from tuner.registry import get_kernel
-from tuner.settings import ServiceSettings
-from tuner.space import SearchSpace
-from tuner.spec import JobSpec
-from tuner.storage import open_storage
-from tuner.tracker import StudyInfo
-from tuner.transfer import first_configs
-from tuner.types import DeviceProfile, Problem
-from worker.app import TASK_RUN_TICKET
+from cotune.tuner.device.profiles import CPU_KIND, cpu_profile, queue_name, recorded_profile
+from cotune.tuner.driver import feasible_programs
+from cotune.tuner.errors import CotuneError, SpecError, StorageError
+from cotune.tuner.measure.kernel import Kernel
+from cotune.tuner.measure.registry import get_kernel
+from cotune.tuner.search.transfer import first_configs
+from cotune.tuner.space.search_space import SearchSpace
+from cotune.tuner.spec.job import JobSpec
+from cotune.tuner.spec.settings import ServiceSettings
+from cotune.tuner.store.jobs import JobStore, new_job_id
+from cotune.tuner.store.studies import open_storage
+from cotune.tuner.track.tracker import StudyInfo
+from cotune.tuner.types import DeviceProfile, Problem
+from cotune.worker.app import TASK_RUN_TICKET
 
 _PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0}
 
@@ -144,8 +143,7 @@ def _create_studies(
     what each measures first queued, as in ``cotune tune``: the winners of the nearest finished studies of
     this kernel on this hardware (``sampler.transfer``), then the space's seeds."""
     import optuna
-
-    from tuner.objective import directions
+    from cotune.tuner.measure.objective import directions
 
     storage = open_storage(storage_url)
     for name, problem, budget in studies:
@@ -159,7 +157,7 @@ def _create_studies(
 
 def _open_parent_runs(spec, kernel, space, problems, hardware: str, uri: str, job_id: str) -> dict[str, str]:
     """One MLflow parent run per study, made before any worker starts, so workers never race to make one."""
-    from tuner.mlflow_tracker import MlflowTracker
+    from cotune.tuner.track.mlflow_tracker import MlflowTracker
 
     tracker = MlflowTracker(uri)
     tracker.start_job(spec.name)

@@ -1,6 +1,6 @@
 """Running one ticket inside a worker's pool process: claim it, hold its lease, step the study, settle it.
 
-The study code is the local driver's :class:`tuner.driver.StudySession`; only the loop around it differs.
+The study code is the local driver's :class:`cotune.tuner.driver.StudySession`; only the loop around it differs.
 Per process, the Optuna storage, the candidate runner and each study's session are opened once and reused,
 so a trial costs a claim, an ask, a tell and a finish, not a re-open of everything.
 """
@@ -14,17 +14,17 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuner.device import detect
-from tuner.driver import StudySession
-from tuner.isolation import CandidateRunner
-from tuner.job_tables import Claim, TicketKind
-from tuner.jobs import JobStore
-from tuner.registry import get_kernel
-from tuner.settings import ServiceSettings
-from tuner.storage import open_storage
-from tuner.tracker import NullTracker, Tracker
-from tuner.types import DeviceProfile, Problem
-from worker.dispatch import send_tickets, spec_from_record
+from cotune.tuner.device.profiles import detect
+from cotune.tuner.driver import StudySession
+from cotune.tuner.measure.isolation import CandidateRunner
+from cotune.tuner.measure.registry import get_kernel
+from cotune.tuner.spec.settings import ServiceSettings
+from cotune.tuner.store.job_tables import Claim, TicketKind
+from cotune.tuner.store.jobs import JobStore
+from cotune.tuner.store.studies import open_storage
+from cotune.tuner.track.tracker import NullTracker, Tracker
+from cotune.tuner.types import DeviceProfile, Problem
+from cotune.worker.dispatch import send_tickets, spec_from_record
 
 log = logging.getLogger("cotune.worker")
 
@@ -89,7 +89,7 @@ class WorkerContext:
 def _tracker(uri: str | None) -> Tracker:
     if not uri:
         return NullTracker()
-    from tuner.mlflow_tracker import MlflowTracker
+    from cotune.tuner.track.mlflow_tracker import MlflowTracker
 
     return MlflowTracker(uri, shared=True)
 

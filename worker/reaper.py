@@ -23,13 +23,12 @@ import threading
 from collections.abc import Iterable
 
 from celery import Celery
-
-from tuner.device import queue_name
-from tuner.jobs import JobStore
-from tuner.settings import ServiceSettings
-from tuner.storage import open_storage
-from tuner.trial_record import TRIAL_ATTR, counted, fail_lost_trial
-from worker.dispatch import send_tickets
+from cotune.tuner.device.profiles import queue_name
+from cotune.tuner.measure.trial_record import TRIAL_ATTR, counted, fail_lost_trial
+from cotune.tuner.spec.settings import ServiceSettings
+from cotune.tuner.store.jobs import JobStore
+from cotune.tuner.store.studies import open_storage
+from cotune.worker.dispatch import send_tickets
 
 log = logging.getLogger("cotune.reaper")
 

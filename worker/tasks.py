@@ -1,14 +1,13 @@
-"""Celery tasks: thin, idempotent, JSON in and out. The work is in :mod:`worker.execution`."""
+"""Celery tasks: thin, idempotent, JSON in and out. The work is in :mod:`cotune.worker.execution`."""
 
 from __future__ import annotations
 
 import logging
 
 from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
-
-from tuner.settings import ServiceSettings
-from worker.app import TASK_RUN_TICKET, app
-from worker.execution import WorkerContext, run_ticket
+from cotune.tuner.spec.settings import ServiceSettings
+from cotune.worker.app import TASK_RUN_TICKET, app
+from cotune.worker.execution import WorkerContext, run_ticket
 
 log = logging.getLogger("cotune.worker")
 _ctx: WorkerContext | None = None
@@ -34,7 +33,7 @@ def _close(**_: object) -> None:
 
 @worker_ready.connect
 def _start_reaper(sender=None, **_: object) -> None:
-    from worker.reaper import start_reaper
+    from cotune.worker.reaper import start_reaper
 
     start_reaper(app, ServiceSettings.from_env(), sender.hostname if sender is not None else "worker")
 

@@ -11,12 +11,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
-from kernels.gemm import GemmKernel
-from kernels.timing import time_calls
-from kernels.verify import check
-from tuner.kernel import BenchSettings, CandidateError
-from tuner.types import Config, DeviceProfile, FailureKind, Measurement, Precision, Problem
+from cotune.kernels.gemm import GemmKernel
+from cotune.kernels.timing import time_calls
+from cotune.kernels.verify import check
+from cotune.tuner.measure.kernel import BenchSettings, CandidateError
+from cotune.tuner.types import Config, DeviceProfile, FailureKind, Measurement, Precision, Problem
 
 SOURCE = Path(__file__).with_name("matmul.c")
 LOOP_ORDERS = {"ikj": 0, "ijk": 1, "kij": 2}

@@ -2,7 +2,7 @@
 
 NVRTC needs no GPU and no driver: it turns CUDA C++ into a cubin for a named architecture (``sm_90``), so
 configs can be compiled (and compile errors found) on a CPU-only machine. Only ``cuda.bindings.nvrtc`` is
-used here; loading and launching the cubin is :mod:`kernels.cuda_gemm.kernel`'s job.
+used here; loading and launching the cubin is :mod:`cotune.kernels.cuda_gemm.kernel`'s job.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from tuner.kernel import CandidateError
-from tuner.types import Config, FailureKind, Precision
+from cotune.tuner.measure.kernel import CandidateError
+from cotune.tuner.types import Config, FailureKind, Precision
 
 SOURCE = Path(__file__).with_name("gemm.cu")
 TILE_PARAMS = ("BM", "BN", "BK", "TM", "TN")

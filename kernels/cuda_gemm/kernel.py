@@ -1,8 +1,8 @@
 """``cuda_gemm``: a tiled CUDA C++ GEMM (``gemm.cu``), one NVRTC compile per tile config, launched with cuda.core.
 
 The tile sizes BM, BN, BK (block tile) and TM, TN (per-thread register tile) are template parameters, so each
-config is its own instantiation, compiled by :mod:`kernels.cuda_gemm.compile` and cached on disk. The cubin
-is launched on torch's current CUDA stream, so :func:`kernels.gpu.measure_on_gpu` times it with torch's
+config is its own instantiation, compiled by :mod:`cotune.kernels.cuda_gemm.compile` and cached on disk. The cubin
+is launched on torch's current CUDA stream, so :func:`cotune.kernels.gpu.measure_on_gpu` times it with torch's
 CUDA events, as it times every other GPU kernel here.
 
 Shared memory is static, which caps the two staged tiles at 48 KiB per block whatever the GPU's opt-in
@@ -16,12 +16,12 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kernels.cuda_gemm.compile import SOURCE, Compiled, arch_of, compile_gemm, nvrtc_version
-from kernels.gemm import GemmKernel
-from kernels.gpu import cuda_device, driver_version, input_dtype, make_operand, measure_on_gpu
-from kernels.gpu_constraints import WARP, smem_fits
-from tuner.kernel import BenchSettings, CandidateError
-from tuner.types import Config, DeviceProfile, FailureKind, Measurement, Precision, Problem
+from cotune.kernels.cuda_gemm.compile import SOURCE, Compiled, arch_of, compile_gemm, nvrtc_version
+from cotune.kernels.gemm import GemmKernel
+from cotune.kernels.gpu import cuda_device, driver_version, input_dtype, make_operand, measure_on_gpu
+from cotune.kernels.gpu_constraints import WARP, smem_fits
+from cotune.tuner.measure.kernel import BenchSettings, CandidateError
+from cotune.tuner.types import Config, DeviceProfile, FailureKind, Measurement, Precision, Problem
 
 if TYPE_CHECKING:
     import torch

@@ -7,7 +7,7 @@ rows of one (batch, head), streams the keys and values in blocks of ``BLOCK_N`` 
 Tensors are ``[batch, heads, seq, head_dim]`` and made contiguous with 16-byte aligned storage, so the kernel
 needs no strides: every offset is a multiple of the constexpr ``HEAD_DIM``, which lets Triton vectorise the
 loads (and pipeline them through shared memory) exactly as its JIT would for the same tensors, and makes an
-ahead-of-time compile (:mod:`kernels.triton_jit.aot`) see the same kernel a real launch runs.
+ahead-of-time compile (:mod:`cotune.kernels.triton_jit.aot`) see the same kernel a real launch runs.
 
 Causal masking is top-left aligned and only defined for ``seq_q == seq_k``, where top-left and bottom-right
 alignment (torch's ``is_causal`` versus FlashAttention's) agree; the launcher rejects the other case.

@@ -137,7 +137,7 @@ class Service:
     def start_worker(self, name: str) -> subprocess.Popen:
         log = open(self.workdir / f"{name}.log", "w")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tuner.cli", "worker", "--name", f"{name}@test", "--loglevel", "INFO"],
+            [sys.executable, "-m", "cotune.tuner.cli", "worker", "--name", f"{name}@test", "--loglevel", "INFO"],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -153,15 +153,18 @@ class Service:
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "tuner.cli", *args], env=self.env, capture_output=True, text=True, timeout=timeout
+            [sys.executable, "-m", "cotune.tuner.cli", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     def tickets(self, job: str) -> list[dict]:
         """The job's ticket rows, in the order they were made."""
         import sqlalchemy as sa
-
-        from tuner.job_tables import tickets
-        from tuner.jobs import JobStore
+        from cotune.tuner.store.job_tables import tickets
+        from cotune.tuner.store.jobs import JobStore
 
         with JobStore(self.env["COTUNE_STORAGE"]).engine.connect() as c:
             q = sa.select(tickets).where(tickets.c.job_id == job).order_by(tickets.c.id)

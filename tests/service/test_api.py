@@ -6,12 +6,12 @@ import time
 
 import pytest
 import redis
+from cotune.tuner.device.profiles import CPU_KIND, queue_name
+from cotune.tuner.service.api import create_app
+from cotune.tuner.spec.settings import ServiceSettings
 from fastapi.testclient import TestClient
 
 from tests.service.conftest import noop_spec
-from tuner.api import create_app
-from tuner.device import CPU_KIND, queue_name
-from tuner.settings import ServiceSettings
 
 
 @pytest.fixture

@@ -10,9 +10,8 @@ from functools import partial
 
 import pytest
 import sqlalchemy as sa
-
-from tuner.job_tables import Claim, Expired, TicketKind, TicketState, tickets
-from tuner.jobs import JobStore
+from cotune.tuner.store.job_tables import Claim, Expired, TicketKind, TicketState, tickets
+from cotune.tuner.store.jobs import JobStore
 
 ROUNDS = 40  # each round is a few milliseconds; before the fix, most rounds of the first test lost the release
 

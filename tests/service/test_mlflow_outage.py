@@ -8,15 +8,15 @@ import subprocess
 import sys
 import time
 
+from cotune.kernels.noop import Noop
+from cotune.tuner.driver import StudySession
+from cotune.tuner.measure.isolation import CandidateRunner
+from cotune.tuner.spec.job import parse_spec
+from cotune.tuner.store.studies import open_storage
+from cotune.tuner.track.mlflow_tracker import MlflowTracker
 from mlflow import MlflowClient
 
-from kernels.noop import Noop
 from tests.service.stack import MlflowServer
-from tuner.driver import StudySession
-from tuner.isolation import CandidateRunner
-from tuner.mlflow_tracker import MlflowTracker
-from tuner.spec import parse_spec
-from tuner.storage import open_storage
 
 SPEC = "name: outage\nkernel: noop\nproblems: [{sleep_ms: 1}]\nbudget: {trials: 6}\nbench: {warmup: 0, repeats: 1}\n"
 
@@ -47,13 +47,13 @@ def test_a_study_outlives_its_tracking_server(tmp_path, cpu):
             assert session.study.user_attrs["best"]["config"]
         tracker.close()
         server.start()
-        sync = [sys.executable, "-m", "tuner.cli", "mlflow-sync", "outage", "--storage", storage_url]
+        sync = [sys.executable, "-m", "cotune.tuner.cli", "mlflow-sync", "outage", "--storage", storage_url]
         done = subprocess.run([*sync, "--mlflow-uri", server.url], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert "s: 4 trial run(s) written" in done.stdout
         again = subprocess.run([*sync, "--mlflow-uri", server.url], capture_output=True, text=True, timeout=120)
         assert "s: 0 trial run(s) written" in again.stdout
-        unknown = [sys.executable, "-m", "tuner.cli", "mlflow-sync", "no-such-job", "--storage", storage_url]
+        unknown = [sys.executable, "-m", "cotune.tuner.cli", "mlflow-sync", "no-such-job", "--storage", storage_url]
         wrong = subprocess.run([*unknown, "--mlflow-uri", server.url], capture_output=True, text=True, timeout=120)
         assert wrong.returncode == 1 and "no studies for job 'no-such-job'" in wrong.stderr + wrong.stdout
         client = MlflowClient(server.url)

@@ -8,14 +8,14 @@ import time
 from datetime import datetime, timedelta
 
 import optuna
+from cotune.tuner.measure.trial_record import TRIAL_ATTR, counted
+from cotune.tuner.store.job_tables import TicketKind, TicketState, tickets
+from cotune.tuner.store.jobs import JobStore
+from cotune.tuner.store.studies import open_storage
 from optuna.trial import TrialState
 
 from tests.service.conftest import noop_spec
 from tests.service.stack import wait_for
-from tuner.job_tables import TicketKind, TicketState, tickets
-from tuner.jobs import JobStore
-from tuner.storage import open_storage
-from tuner.trial_record import TRIAL_ATTR, counted
 
 WAIT = 180  # seconds a job may take here; the jobs below need a few
 
@@ -210,7 +210,7 @@ def test_submit_fails_fast_when_the_broker_is_down(service, tmp_path):
 
     start = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "tuner.cli", "submit", str(tmp_path / "spec.yaml")],
+        [sys.executable, "-m", "cotune.tuner.cli", "submit", str(tmp_path / "spec.yaml")],
         env=env,
         capture_output=True,
         text=True,

@@ -1,0 +1,193 @@
+"""Service commands of the ``cotune`` CLI: submit, jobs, watch, wait, cancel, worker, api.
+
+``status``, ``best`` and ``export`` in :mod:`cotune.tuner.cli.main` accept a service job id as well as a local job name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from cotune.tuner.cli.console import clean_errors, out
+from cotune.tuner.device.profiles import CPU_KIND
+from rich.table import Table
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def is_service_job(job: str) -> bool:
+    return job.startswith("job-")
+
+
+def _service():
+    from cotune.tuner.spec.settings import ServiceSettings
+    from cotune.worker.dispatch import open_store
+
+    settings = ServiceSettings.from_env()
+    return settings, open_store(settings)
+
+
+@clean_errors
+def submit(
+    spec: Path,
+    hardware: Annotated[str, typer.Option(help="hardware kind the job runs on: cpu or a GPU slug")] = CPU_KIND,
+) -> None:
+    """Submit a job to the service; prints its id. Fails within seconds if the broker is down."""
+    from cotune.tuner.spec.job import load_spec
+    from cotune.worker.app import app as celery_app
+    from cotune.worker.dispatch import submit as submit_job
+
+    job_spec = load_spec(spec)
+    settings, store = _service()
+    print(submit_job(job_spec, celery_app, store, settings, hardware))
+
+
+@clean_errors
+def jobs(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List the service's most recent jobs."""
+    _, store = _service()
+    records = [store.record(j["id"]) for j in store.jobs()]
+    if as_json:
+        print(json.dumps(records))
+        return
+    table = Table()
+    for col in ("job", "name", "state", "hardware", "trials", "created"):
+        table.add_column(col)
+    for r in records:
+        t = r["trials"]
+        table.add_row(
+            r["id"], r["name"], r["state"], r["hardware"], f"{t['finished']}/{t['requested']}", r["created_at"][:19]
+        )
+    out.print(table)
+
+
+def show_record(job: str, as_json: bool) -> None:
+    _, store = _service()
+    record = store.record(job)
+    if as_json:
+        print(json.dumps(record))
+        return
+    t = record["trials"]
+    out.print(f"{record['id']} ({record['name']}): [bold]{record['state']}[/bold] on {record['hardware']}")
+    out.print(
+        f"trials: {t['finished']}/{t['requested']} finished, {t['failed']} failed, {t['running']} running, "
+        f"{t['pending']} pending, {t['skipped']} skipped"
+        + (f" ({', '.join(f'{why} {n}' for why, n in sorted(t['skipped_by'].items()))})" if t["skipped"] else "")
+    )
+    for s in record["studies"]:
+        out.print(f"  {s['name']}  mlflow run {s['mlflow_run_id']}")
+    if record["error"]:
+        out.print(f"[red]error:[/red] {record['error']}")
+
+
+@clean_errors
+def watch(job: str, interval: float = 1.0) -> None:
+    """Follow a job's progress across workers until it ends."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    _, store = _service()
+    record = store.record(job)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=out
+    ) as progress:
+        task = progress.add_task(job, total=record["trials"]["requested"])
+        while True:
+            record = store.record(job)
+            t = record["trials"]
+            progress.update(
+                task,
+                completed=t["finished"] + t["skipped"],
+                description=f"{job} {record['state']} ({t['running']} running, {t['failed']} failed)",
+            )
+            if record["state"] in TERMINAL:
+                break
+            time.sleep(interval)
+    _exit_for(record)
+
+
+@clean_errors
+def wait(
+    job: str,
+    timeout: Annotated[float | None, typer.Option(help="give up after this many seconds (exit 2)")] = None,
+    interval: float = 1.0,
+) -> None:
+    """Block until a job ends; exit 0 if it succeeded, 1 if it failed or was cancelled, 2 on timeout."""
+    _, store = _service()
+    deadline = time.monotonic() + timeout if timeout else None
+    while (record := store.record(job))["state"] not in TERMINAL:
+        if deadline is not None and time.monotonic() > deadline:
+            out.print(f"{job} still {record['state']} after {timeout:g} s")
+            raise typer.Exit(2)
+        time.sleep(interval)
+    out.print(f"{job} {record['state']}")
+    _exit_for(record)
+
+
+def _exit_for(record: dict[str, Any]) -> None:
+    if record["state"] != "succeeded":
+        if record["error"]:
+            out.print(f"[red]error:[/red] {record['error']}")
+        raise typer.Exit(1)
+
+
+@clean_errors
+def cancel(job: str) -> None:
+    """Cancel a job: pending trials are dropped, trials being measured finish, the job is marked cancelled."""
+    _, store = _service()
+    if store.cancel(job):
+        out.print(f"{job} cancelled")
+    else:
+        out.print(f"{job} had already ended ({store.job(job)['state']})")
+
+
+@clean_errors
+def worker(
+    gpu: Annotated[int | None, typer.Option(help="physical GPU index this worker owns")] = None,
+    queues: Annotated[str | None, typer.Option(help="extra queues, comma separated, e.g. cotune.cpu")] = None,
+    loglevel: str = "INFO",
+    name: Annotated[str | None, typer.Option(help="worker name (default cotune-<hardware>[-gpuN]@host)")] = None,
+) -> None:
+    """Start a Celery worker: one GPU (or the CPU), one task at a time, on its hardware's queue."""
+    from cotune.tuner.device.profiles import gpu_name, queue_name, slugify
+
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        os.environ["COTUNE_DEVICE"] = "cuda"
+        kind = slugify(gpu_name(gpu))
+    else:
+        kind = CPU_KIND
+    wanted = [queue_name(kind)] + [q.strip() for q in (queues or "").split(",") if q.strip()]
+    from cotune.worker.app import app as celery_app
+
+    node = name or f"cotune-{kind}{'' if gpu is None else f'-gpu{gpu}'}@%h"
+    out.print(f"worker {node} serving {', '.join(dict.fromkeys(wanted))}")
+    celery_app.worker_main(
+        [
+            "worker",
+            "--queues",
+            ",".join(dict.fromkeys(wanted)),
+            "--concurrency",
+            "1",
+            "--pool",
+            "prefork",
+            "--hostname",
+            node,
+            "--loglevel",
+            loglevel,
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
+@clean_errors
+def api(host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve the REST API (FastAPI); writes need the bearer token in $COTUNE_API_TOKEN."""
+    import uvicorn
+    from cotune.tuner.service.api import create_app
+
+    uvicorn.run(create_app(), host=host, port=port)

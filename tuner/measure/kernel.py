@@ -1,0 +1,106 @@
+"""The contract every tunable kernel implements. Kernels live in the ``kernels`` package.
+
+A kernel object is stateless and cheap to construct; :meth:`Kernel.measure` runs in an isolated child
+process (see :mod:`cotune.tuner.measure.isolation`), so it may crash or hang without taking the tuner down.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import ClassVar
+
+from cotune.tuner.space.search_space import Predicate, SearchSpace, load_space
+from cotune.tuner.types import Config, DeviceProfile, FailureKind, Measurement, Precision, Problem
+
+SEARCH_SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """How hard to time a candidate.
+
+    ``repeats`` is the minimum number of timed calls; GPU kernels time more calls, up to ``max_repeats``,
+    until ``target_s`` of kernel time is spent (a 10 us kernel needs thousands of calls for a stable median,
+    a 10 ms one a few). ``graph`` captures calls in a CUDA graph so launch overhead does not swamp tiny
+    kernels; ``energy`` adds an energy-per-call reading from the GPU's counter (a loop of at least 1 s).
+    """
+
+    warmup: int = 1
+    repeats: int = 5
+    timeout_s: float = 60.0
+    target_s: float = 0.1
+    max_repeats: int = 1000
+    graph: bool = False
+    energy: bool = False
+
+
+class CandidateError(Exception):
+    """Raised inside :meth:`Kernel.measure` for an expected failure; becomes a FAIL trial with a reason.
+
+    ``restart`` asks for a fresh candidate process after this one, for failures that leave the process
+    unusable (a CUDA error poisons its context for every later launch).
+    """
+
+    def __init__(self, kind: FailureKind, message: str, *, restart: bool = False) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.restart = restart
+
+
+class Kernel(ABC):
+    """A tunable kernel: its problem shape, its cost model, and how to measure one config."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    shape_dims: ClassVar[tuple[str, ...]]
+    flag_dims: ClassVar[tuple[str, ...]] = ()  # shape dims that are switches (0 or 1), e.g. attention's causal
+    batch_dim: ClassVar[str]  # the dimension serving looks up by nearest value (vLLM's rule for M)
+    precisions: ClassVar[tuple[Precision, ...]]
+    device_kinds: ClassVar[tuple[str, ...]] = ("cpu",)
+    predicates: ClassVar[Mapping[str, Predicate]] = {}
+    precompiles: ClassVar[bool] = False  # whether :meth:`precompile` does anything worth a compile pool
+
+    @abstractmethod
+    def flops(self, problem: Problem) -> float: ...
+
+    @abstractmethod
+    def bytes_moved(self, problem: Problem) -> float: ...
+
+    @abstractmethod
+    def source_files(self) -> tuple[Path, ...]:
+        """Files whose content defines the kernel; their hash keys cached results and MLflow runs."""
+
+    @abstractmethod
+    def toolchain(self) -> dict[str, str]:
+        """Versions of whatever turns a config into machine code (compiler, torch, ...)."""
+
+    @abstractmethod
+    def measure(self, problem: Problem, config: Config, device: DeviceProfile, bench: BenchSettings) -> Measurement:
+        """Build, verify against the reference, then time. Raise :class:`CandidateError` on failure."""
+
+    def precompile(self, problem: Problem, config: Config, device: DeviceProfile) -> None:
+        """Compile a config into the compiler's cache ahead of :meth:`measure`, in a separate process, so the
+        GPU is not idle while the next candidate compiles. Raise :class:`CandidateError` for a config that
+        does not compile. Kernels that compile nothing ahead keep this no-op."""
+        return None
+
+    def program_key(self, problem: Problem, config: Config) -> str:
+        """Equal for configs that run the same program on this problem, so a study measures one of them and
+        gives the others its result instead of spending GPU time and budget on a copy. Default: the config
+        itself. Override only where the kernel's code makes two configs compute identically."""
+        return config.key
+
+    @cached_property
+    def source_hash(self) -> str:
+        h = hashlib.sha256()
+        for path in self.source_files():
+            h.update(path.read_bytes())
+        return h.hexdigest()[:16]
+
+    def space(self, directory: Path = SEARCH_SPACES_DIR) -> SearchSpace:
+        return load_space(directory / f"{self.name}.yaml", predicates=self.predicates, shape_dims=self.shape_dims)

@@ -1,0 +1,3 @@
+"""The REST API of the tuning service (FastAPI). It stores and queues jobs through cotune.worker.
+
+Imports every tuner layer and cotune.worker."""

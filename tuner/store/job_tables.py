@@ -1,0 +1,110 @@
+"""Tables, states and claim records of the service's job store (see :mod:`cotune.tuner.store.jobs`)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+ACTIVE = (JobState.QUEUED, JobState.RUNNING)
+
+
+class TicketKind(enum.StrEnum):
+    TRIAL = "trial"
+    FINALIZE = "finalize"
+
+
+class TicketState(enum.StrEnum):
+    PENDING = "pending"
+    CLAIMED = "claimed"
+    REAPING = "reaping"  # a reaper took it back from a dead worker and is settling its trial
+    DONE = "done"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+
+OPEN = (TicketState.PENDING, TicketState.CLAIMED, TicketState.REAPING)
+MAX_ATTEMPTS = 3  # a ticket whose task raised this many times fails the job with its error
+
+_meta = sa.MetaData()
+
+jobs = sa.Table(
+    "cotune_jobs",
+    _meta,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(100), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("hardware", sa.String(100), nullable=False),
+    sa.Column("spec", sa.Text, nullable=False),
+    sa.Column("mlflow_uri", sa.Text, nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+    sa.Column("deadline", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+)
+
+studies = sa.Table(
+    "cotune_studies",
+    _meta,
+    sa.Column("job_id", sa.String(40), sa.ForeignKey("cotune_jobs.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("name", sa.String(500), primary_key=True),
+    sa.Column("problem", sa.Text, nullable=False),
+    sa.Column("budget", sa.Integer, nullable=False),
+    sa.Column("mlflow_run_id", sa.String(64), nullable=True),
+)
+
+tickets = sa.Table(
+    "cotune_tickets",
+    _meta,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.String(40), sa.ForeignKey("cotune_jobs.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("study", sa.String(500), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("released", sa.Boolean, nullable=False),  # finalize tickets wait until the study's trials end
+    sa.Column("attempt", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("failures", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("worker", sa.String(200), nullable=True),
+    sa.Column("lease_until", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("enqueued_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("trial_number", sa.Integer, nullable=True),
+    sa.Column("outcome", sa.String(32), nullable=True),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Index("ix_cotune_tickets_job_state", "job_id", "state"),
+)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A worker's hold on one ticket; ``attempt`` fences out a holder whose lease was taken back."""
+
+    ticket_id: int
+    job_id: str
+    study: str
+    kind: TicketKind
+    attempt: int
+    past_deadline: bool = False
+
+
+@dataclass(frozen=True)
+class Expired:
+    ticket_id: int
+    job_id: str
+    study: str
+    kind: TicketKind
+    trial_number: int | None
+
+
+def create_tables(engine: sa.Engine) -> None:
+    _meta.create_all(engine, checkfirst=True)

@@ -1,0 +1,97 @@
+"""Trackers record a job's studies and trials somewhere a user can review them.
+
+Contract: calls come from the single driver thread in order start_job, (start_study, log_trial*,
+finish_study)*, close. A tracker may defer work (batching, a background thread) but must have written
+everything by the time :meth:`Tracker.close` returns, and must not raise from ``log_trial`` for a
+logging hiccup: a tuning run is never lost because a dashboard was slow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from cotune.tuner.types import Config, Measurement, Problem, TrialStatus
+
+if TYPE_CHECKING:
+    import optuna
+    from cotune.tuner.types import DeviceProfile
+
+
+@dataclass(frozen=True)
+class TrialLog:
+    number: int
+    config: Config
+    status: TrialStatus
+    value: float | None
+    measurement: Measurement | None
+    reason: str | None
+    duplicate_of: int | None
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class BestLog:
+    trial_number: int
+    config: Config
+    tuned: Measurement
+    remeasured: Measurement
+
+    def to_json(self) -> dict:
+        """As a study keeps it, in its ``best`` user attribute."""
+        return {
+            "trial": self.trial_number,
+            "config": self.config.values,
+            "tuned": self.tuned.to_json(),
+            "remeasured": self.remeasured.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> BestLog:
+        return cls(
+            data["trial"],
+            Config.make(data["config"]),
+            Measurement.from_json(data["tuned"]),
+            Measurement.from_json(data["remeasured"]),
+        )
+
+
+@dataclass(frozen=True)
+class StudyInfo:
+    job: str
+    study_name: str
+    problem: Problem
+    device: DeviceProfile
+    tags: dict[str, str]
+
+
+class Tracker(Protocol):
+    def start_job(self, job: str) -> None: ...
+
+    def start_study(self, info: StudyInfo) -> str | None:
+        """Begin a study; return an id users can follow (an MLflow parent run id), if any."""
+
+    def log_trial(self, trial: TrialLog) -> None: ...
+
+    def finish_study(self, best: BestLog | None, study: optuna.Study) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class NullTracker:
+    """Records nothing; for benchmarks that measure the loop without tracking."""
+
+    def start_job(self, job: str) -> None:
+        pass
+
+    def start_study(self, info: StudyInfo) -> str | None:
+        return None
+
+    def log_trial(self, trial: TrialLog) -> None:
+        pass
+
+    def finish_study(self, best: BestLog | None, study: optuna.Study) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
