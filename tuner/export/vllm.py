@@ -38,7 +38,9 @@ MOE_KERNEL = "triton_moe"
 CONFIG_KEYS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages")
 SHAPE_DIMS = ("M", "E", "N", "K", "topk")
 # cotune precision -> the servers' dtype selector; absent means no suffix (fp16, bf16).
-QUANT_DTYPES = {"fp8": "fp8_w8a8"}
+QUANT_DTYPES = {"fp8": "fp8_w8a8", "fp8_block128": "fp8_w8a8"}
+# cotune precision -> the weight quantisation block [block_n, block_k] the servers put in the file name
+BLOCK_SHAPES = {"fp8_block128": (128, 128)}
 TRITON_VERSION_KEY = "triton_version"
 
 
@@ -94,13 +96,23 @@ def moe_tables(export: Mapping[str, Any], server: str) -> list[MoeTable]:
 
 
 def config_file_name(E: int, N: int, dtype: str, device_name: str, server: str = "vllm") -> str:
-    """The file name ``get_config_file_name`` computes on the serving GPU (block_shape: never, see above)."""
+    """The file name ``get_config_file_name`` computes on the serving GPU.
+
+    The block shape is spelled as each server spells it: vLLM strips the spaces of ``str([128, 128])``
+    (``block_shape=[128,128]``), SGLang keeps them (``block_shape=[128, 128]``).
+    """
     device = device_name.replace(" ", "_")
     if server == "vllm" and "H200" in device.split("_"):
         device = "NVIDIA_H200"
     quant = QUANT_DTYPES.get(dtype)
     dtype_selector = f",dtype={quant}" if quant else ""
-    return f"E={E},N={N},device_name={device}{dtype_selector}.json"
+    block = BLOCK_SHAPES.get(dtype)
+    block_selector = ""
+    if block:
+        block_selector = f",block_shape={list(block)}"
+        if server == "vllm":
+            block_selector = block_selector.replace(" ", "")
+    return f"E={E},N={N},device_name={device}{dtype_selector}{block_selector}.json"
 
 
 def table_json(table: MoeTable, include_triton_version: bool) -> dict[str, Any]:
