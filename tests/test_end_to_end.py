@@ -123,3 +123,12 @@ def test_a_gpu_kernel_without_a_gpu_is_one_clear_line_and_writes_nothing(tmp_pat
     assert "kernel triton_matmul runs on cuda only: no usable NVIDIA GPU" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not (tmp_path / "cotune-runs").exists()
+
+
+def test_export_refuses_a_format_the_job_cannot_feed_before_measuring_anything(job):
+    """A c_matmul job has nothing for vLLM: one line, exit 1, no "verified" re-measure, no folder."""
+    proc = cotune("export", "e2e", "--format", "vllm", "-o", "vllm-out", cwd=job)
+    assert proc.returncode == 1
+    assert "no fused_moe results to export for vllm" in proc.stderr and "Traceback" not in proc.stderr
+    assert "verified" not in proc.stdout and not (job / "vllm-out").exists()
+

@@ -10,7 +10,7 @@ import cotune.kernels.torch_decoder as td
 import pytest
 from cotune.kernels.torch_decoder import REQUESTS, TOLERANCE, TorchDecoder, p99_s, requests_per_s, serve
 from cotune.tuner.errors import SpecError
-from cotune.tuner.export.formats import get_exporter
+from cotune.tuner.export.formats import get_exporter, write_files
 from cotune.tuner.export.triton_server import TritonServerExporter, model_name, preferred_batch_sizes
 from cotune.tuner.measure.kernel import BenchSettings, CandidateError
 from cotune.tuner.types import Config, FailureKind, Precision, Problem
@@ -154,7 +154,7 @@ def test_triton_config_pbtxt_parses_and_carries_the_winner(cpu, tmp_path: Path) 
     }
     exporter = get_exporter("triton-server")
     assert isinstance(exporter, TritonServerExporter) and exporter.name == "triton-server"
-    paths = exporter.write(export, tmp_path)
+    paths = write_files(tmp_path, exporter.render(export), export["job"])
     assert len(paths) == 2
 
     for path, entry, kind, dtype in (
@@ -185,8 +185,7 @@ def test_triton_config_pbtxt_parses_and_carries_the_winner(cpu, tmp_path: Path) 
 def test_triton_exporter_refuses_an_export_without_decoder_winners(tmp_path: Path) -> None:
     export = {"job": "j", "entries": [{**_entry("fp32", "cpu", {}, {}), "kernel": "torch_linear"}]}
     with pytest.raises(SpecError, match="torch_decoder"):
-        TritonServerExporter().write(export, tmp_path)
+        TritonServerExporter().render(export)
     bad = {"job": "j", "entries": [_entry("fp32", "cpu", {"max_batch_size": 2}, {})]}
     with pytest.raises(SpecError, match="instances"):
-        TritonServerExporter().write(bad, tmp_path)
-    assert not any(tmp_path.iterdir())
+        TritonServerExporter().render(bad)

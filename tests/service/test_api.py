@@ -67,7 +67,7 @@ def test_round_trip_submit_best_export(service, client):
     assert client.get(f"/jobs/{job}/export", params={"format": "nonsense"}).status_code == 422
     # serving formats that do not apply to this kernel say so (the files themselves: tests/test_exporters.py)
     not_moe = client.get(f"/jobs/{job}/export", params={"format": "vllm"})
-    assert not_moe.status_code == 409 and "no triton_moe results" in not_moe.json()["detail"]
+    assert not_moe.status_code == 409 and "no fused_moe results" in not_moe.json()["detail"]
     assert client.get(f"/jobs/{job}/export", params={"format": "autotune"}).status_code == 409
     assert client.get("/jobs/job-ffffffffffff").status_code == 404
 

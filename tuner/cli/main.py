@@ -232,25 +232,35 @@ def export(
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="file (cotune format) or directory (other formats)")
     ] = None,
-    fmt: Annotated[str, typer.Option("--format", help="cotune | vllm | sglang | triton-server | autotune")] = "cotune",
-    verify: Annotated[bool, typer.Option(help="re-measure every config on this machine before writing")] = True,
+    fmt: Annotated[
+        str, typer.Option("--format", help="cotune | vllm | vllm-legacy | sglang | triton-server | autotune")
+    ] = "cotune",
+    verify: Annotated[bool, typer.Option(help="re-measure the exported configs on this machine first")] = True,
+    force: Annotated[bool, typer.Option(help="replace files in the folder that another job or tool wrote")] = False,
     storage: StorageOpt = None,
 ) -> None:
     """Write a job's best configs: cotune's versioned JSON (for cotune.tuner.export.serving), vLLM/SGLang
-    fused-MoE config files, a Triton Inference Server config.pbtxt, or a @triton.autotune config module."""
+    fused-MoE config files (vllm-legacy: for vLLM 0.10.1 and older), a Triton Inference Server model
+    repository, or a @triton.autotune config module. A format the job cannot feed, or a file another tuning
+    wrote, is refused before anything is re-measured or written."""
     from cotune.tuner.export.build import build_export, write_export
-    from cotune.tuner.export.formats import get_exporter
+    from cotune.tuner.export.formats import check_targets, get_exporter, write_files
 
     exporter = get_exporter(fmt)
     data = build_export(storage_for(job, storage), job)
+    used = exporter.entries(data)
+    files = exporter.render(data)
+    folder = output or Path("cotune-export") / fmt
+    if fmt != "cotune":
+        check_targets(folder, files, job, force=force)
     if verify:
-        _verify_export(data)
+        _verify_export({**data, "entries": used})
     if fmt == "cotune":  # one file, at the path given (the other formats write a tree under a directory)
         path = output or Path("cotune-best.json")
         write_export(data, path)
         out.print(f"wrote {path} ({len(data['entries'])} entries)")
         return
-    for path in exporter.write(data, output or Path("cotune-export") / fmt):
+    for path in write_files(folder, files, job, force=force):
         out.print(f"wrote {path}")
 
 

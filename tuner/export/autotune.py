@@ -12,11 +12,10 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from cotune.tuner.errors import SpecError
-from cotune.tuner.export.formats import write_text_atomic
+from cotune.tuner.export.formats import Files
 
 # triton.Config keyword arguments: launch options, not meta-parameters of the kernel.
 LAUNCH_OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
@@ -90,18 +89,21 @@ class Winner:
 class AutotuneExporter:
     name = "autotune"
 
-    def write(self, export: dict[str, Any], out_dir: Path) -> list[Path]:
-        """Write ``<kernel>_tuned_configs.py`` per supported kernel (``_<dtype>[_<device>]`` if it has several)."""
-        groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
-        for entry in export.get("entries", []):
-            if entry.get("kernel") in BINDINGS:
-                groups.setdefault((entry["kernel"], entry["dtype"], entry["device"]["name"]), []).append(entry)
-        if not groups:
+    def entries(self, export: dict[str, Any]) -> list[dict[str, Any]]:
+        found = [e for e in export.get("entries", []) if e.get("kernel") in BINDINGS]
+        if not found:
             raise SpecError(
                 f"export {export.get('job')!r} has no {' or '.join(sorted(BINDINGS))} results to export "
                 "as @triton.autotune modules"
             )
-        written = []
+        return found
+
+    def render(self, export: dict[str, Any]) -> Files:
+        """``<kernel>_tuned_configs.py`` per supported kernel (``_<dtype>[_<device>]`` if it has several)."""
+        groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
+        for entry in self.entries(export):
+            groups.setdefault((entry["kernel"], entry["dtype"], entry["device"]["name"]), []).append(entry)
+        files: Files = {}
         for kernel, dtype, device in sorted(groups):
             siblings = [k for k in groups if k[0] == kernel]
             module = module_name(
@@ -109,10 +111,8 @@ class AutotuneExporter:
                 dtype if len({k[1] for k in siblings}) > 1 else None,
                 device if len({k[2] for k in siblings}) > 1 else None,
             )
-            path = out_dir / f"{module}.py"
-            write_text_atomic(path, render_module(export, kernel, dtype, device, groups[kernel, dtype, device], module))
-            written.append(path)
-        return written
+            files[f"{module}.py"] = render_module(export, kernel, dtype, device, groups[kernel, dtype, device], module)
+        return files
 
 
 def module_name(kernel: str, dtype: str | None, device: str | None) -> str:

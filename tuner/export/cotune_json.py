@@ -3,24 +3,23 @@ format among the others rather than a special case; :mod:`cotune.tuner.export.se
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from cotune.tuner.errors import SpecError
+from cotune.tuner.export.formats import Files
 
 
 class CotuneJsonExporter:
     name = "cotune"
 
-    def write(self, export: dict[str, Any], out_dir: Path) -> list[Path]:
-        """Write ``out_dir/<job>.json``, unchanged from :func:`cotune.tuner.export.build.build_export`."""
-        from cotune.tuner.export.build import (
-            write_export,  # cotune.tuner.export.build pulls in the storage layer; only load it here
-        )
+    def entries(self, export: dict[str, Any]) -> list[dict[str, Any]]:
+        return list(export.get("entries", []))
 
+    def render(self, export: dict[str, Any]) -> Files:
+        """``<job>.json``, unchanged from :func:`cotune.tuner.export.build.build_export`."""
         job = str(export.get("job", ""))
         if not job or Path(job).name != job or job in (".", ".."):
             raise SpecError(f"export has no usable job name for a file name: {job!r}")
-        path = out_dir / f"{job}.json"
-        write_export(export, path)
-        return [path]
+        return {f"{job}.json": json.dumps(export, indent=2, sort_keys=False) + "\n"}

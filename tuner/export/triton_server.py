@@ -19,11 +19,10 @@ needs no ``tritonclient`` (the tests parse the result with it).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from cotune.tuner.errors import SpecError
-from cotune.tuner.export.formats import write_text_atomic
+from cotune.tuner.export.formats import Files
 
 KERNELS = ("torch_decoder",)
 DIM_ORDER = ("hidden", "heads", "intermediate", "seq", "p99_ms")
@@ -169,8 +168,7 @@ def render(entry: dict[str, Any], export: dict[str, Any]) -> str:
 class TritonServerExporter:
     name = "triton-server"
 
-    def write(self, export: dict[str, Any], out_dir: Path) -> list[Path]:
-        """Write ``out_dir/<model>/config.pbtxt`` for each ``torch_decoder`` entry; other kernels are skipped."""
+    def entries(self, export: dict[str, Any]) -> list[dict[str, Any]]:
         entries = [e for e in export.get("entries", []) if e.get("kernel") in KERNELS]
         if not entries:
             found = sorted({str(e.get("kernel")) for e in export.get("entries", [])})
@@ -178,15 +176,14 @@ class TritonServerExporter:
                 f"the triton-server format serves {', '.join(KERNELS)} winners; this export has "
                 f"{', '.join(found) or 'no entries'}"
             )
-        texts: dict[str, str] = {}
-        for entry in entries:
+        return entries
+
+    def render(self, export: dict[str, Any]) -> Files:
+        """``<model>/config.pbtxt`` for each ``torch_decoder`` entry; other kernels are skipped."""
+        files: Files = {}
+        for entry in self.entries(export):
             name = model_name(entry)
-            if name in texts:
+            if f"{name}/config.pbtxt" in files:
                 raise SpecError(f"two entries of the export map to model {name} (tuned on two devices of one kind?)")
-            texts[name] = render(entry, export)
-        paths = []
-        for name, text in texts.items():
-            path = out_dir / name / "config.pbtxt"
-            write_text_atomic(path, text)
-            paths.append(path)
-        return paths
+            files[f"{name}/config.pbtxt"] = render(entry, export)
+        return files

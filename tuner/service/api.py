@@ -27,6 +27,7 @@ YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yam
 class ExportFormat(StrEnum):
     COTUNE = "cotune"
     VLLM = "vllm"
+    VLLM_LEGACY = "vllm-legacy"
     SGLANG = "sglang"
     TRITON_SERVER = "triton-server"
     AUTOTUNE = "autotune"
@@ -132,19 +133,22 @@ def _export(job_id: str, settings: ServiceSettings, record_or_404) -> dict[str, 
 
 
 def _serving_files(data: dict[str, Any], fmt: str) -> dict[str, Any]:
-    """Run the exporter into a scratch folder and return what it wrote (409 when the format does not apply,
-    e.g. vLLM files for a job without fused-MoE results)."""
-    import tempfile
-    from pathlib import Path
+    """The files ``cotune export --format`` writes, as relative path to text; a binary file (a TorchScript
+    model) as base64 under ``binary_files`` (409 when the format does not apply, e.g. vLLM files for a job
+    without fused-MoE results)."""
+    import base64
 
     from cotune.tuner.export.formats import get_exporter
 
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            paths = get_exporter(fmt).write(data, Path(tmp))
-        except SpecError as exc:
-            raise HTTPException(409, str(exc)) from None
-        return {"format": fmt, "files": {str(p.relative_to(tmp)): p.read_text() for p in paths}}
+    try:
+        files = get_exporter(fmt).render(data)
+    except SpecError as exc:
+        raise HTTPException(409, str(exc)) from None
+    out: dict[str, Any] = {"format": fmt, "files": {p: c for p, c in files.items() if isinstance(c, str)}}
+    binary = {p: base64.b64encode(c).decode() for p, c in files.items() if isinstance(c, bytes)}
+    if binary:
+        out["binary_files"] = binary
+    return out
 
 
 async def _parse_spec(request: Request) -> JobSpec:
