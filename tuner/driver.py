@@ -21,7 +21,7 @@ from cotune.tuner.measure.registry import get_kernel
 from cotune.tuner.measure.trial_record import counted, fail_lost_trial, record, result_from_trial, tell
 from cotune.tuner.search.samplers import make_sampler
 from cotune.tuner.search.stopping import StallDetector
-from cotune.tuner.search.transfer import first_configs, neighbour_trials
+from cotune.tuner.search.transfer import first_configs, neighbour_trials, table_neighbours, table_order
 from cotune.tuner.space.search_space import SearchSpace, load_space
 from cotune.tuner.spec.job import JobSpec
 from cotune.tuner.store.studies import open_storage
@@ -51,6 +51,7 @@ class StudyOutcome:
     pruned: int
     best: BestLog | None
     mlflow_run_id: str | None
+    search: dict[str, int | None] | None = None  # StudySession.search_cost(): spent against exhaustive
 
 
 def study_name(job: str, problem: Problem, device: DeviceProfile) -> str:
@@ -74,14 +75,19 @@ def tune_job(
     outcomes = []
     # one compile pool for the whole job: starting its processes costs seconds per problem otherwise
     workers = spec.bench.compile_workers if kernel.precompiles else 0
+    problems = spec.expand()
+    if spec.budget.table_patience:
+        problems = table_order(problems, kernel.batch_dim)
     with CandidateRunner() as runner, Precompiler(workers) if workers else nullcontext() as precompiler:
-        for problem in spec.expand():
+        for problem in problems:
             name = study_name(spec.name, problem, device)
             session = StudySession(spec, kernel, space, problem, device, storage, runner, tracker, name)
             session.fail_stale_running()
             budget = session.feasible_budget()
             if budget is None or session.objective.measured < budget:  # a finished study asks nothing more
                 warm = list((priors or {}).get(problem.key, []))
+                if spec.budget.table_patience:
+                    warm += session.settle_table_row(storage)
                 warm += first_configs(storage, spec, kernel, space, problem, device, budget)
                 session.enqueue(warm)
             outcomes.append(_tune_problem(session, on_progress, precompiler))
@@ -190,6 +196,7 @@ class StudySession:
         self.objective = TrialObjective(
             space, problem, device, runner, bench, program_key=lambda config: kernel.program_key(problem, config)
         )
+        self.patience = spec.budget.patience  # a table row between agreeing neighbours gets a shorter one
         self.precompiler: Precompiler | None = None
         self._ahead: deque = deque()  # trials asked ahead, their configs compiling in the precompiler
         self.refresh()
@@ -227,6 +234,27 @@ class StudySession:
 
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             fail_lost_trial(self.study, t.number, "left RUNNING by an earlier run that stopped")
+
+    def settle_table_row(self, storage) -> list[Config]:  # noqa: ANN001 - an Optuna storage
+        """For a batch size of a table (``budget.table_patience``): the winners of its tuned neighbours, to be
+        measured first. Where both neighbours run one program, the table does not change here, so this batch
+        size stops after ``table_patience`` trials without a 1 % gain instead of spending its whole budget."""
+        below, above = table_neighbours(
+            storage, self.problem, self.device, self.kernel.batch_dim, self.spec.objective.value
+        )
+        neighbours = [
+            c for c in (below, above) if c is not None and self.space.violation(c, self.problem, self.device) is None
+        ]
+        quiet = (
+            below is not None
+            and above is not None
+            and self.kernel.program_key(self.problem, below) == self.kernel.program_key(self.problem, above)
+        )
+        if quiet:
+            table = self.spec.budget.table_patience
+            self.patience = min(self.patience, table) if self.patience else table
+        self.study.set_user_attr("table_row", {"neighbours_agree": quiet, "patience": self.patience})
+        return list(dict.fromkeys(neighbours))
 
     def feasible_budget(self) -> int | None:
         budget = self.spec.budget.trials
@@ -312,10 +340,10 @@ class StudySession:
         from optuna.study import StudyDirection
         from optuna.trial import TrialState
 
-        if not self.spec.budget.patience:
+        if not self.patience:
             return False
         minimize = self.study.direction is StudyDirection.MINIMIZE
-        detector = StallDetector(self.spec.budget.patience, minimize=minimize)
+        detector = StallDetector(self.patience, minimize=minimize)
         evaluated = [
             t
             for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
@@ -339,8 +367,37 @@ class StudySession:
             best = min(best, key=lambda b: _rank(b.remeasured, self.spec.objective), default=None)
         if best is not None:
             self.study.set_user_attr("best", best.to_json())
+            baselines = self._remeasure_baselines(best)
+            if baselines:
+                self.study.set_user_attr("baselines", baselines)
+        self.study.set_user_attr("search", self.search_cost())
         self.tracker.finish_study(best, self.study)
         return best
+
+    def _remeasure_baselines(self, best: BestLog) -> dict[str, dict]:
+        """The kernel's baselines (``Kernel.baselines``), each measured as the winner was re-measured, right
+        after it, so tuned and baseline times come from the same process, repeats and machine state. A
+        baseline that runs the winner's program is the winner's own measurement."""
+        out: dict[str, dict] = {}
+        winner = self.kernel.program_key(self.problem, best.config)
+        bench = replace(self.objective.bench, repeats=self.spec.bench.remeasure_repeats)
+        for name, config in self.kernel.baselines(self.problem, self.device).items():
+            if self.kernel.program_key(self.problem, config) == winner:
+                out[name] = {"config": config.values, "measurement": best.remeasured.to_json(), "is_winner": True}
+                continue
+            result = self.objective.measure(config, bench)
+            if result.measurement is not None:
+                out[name] = {"config": config.values, "measurement": result.measurement.to_json()}
+            else:
+                out[name] = {"config": config.values, "failure": result.reason}
+        return out
+
+    def search_cost(self) -> dict[str, int | None]:
+        """What the search spent against what an exhaustive sweep would: distinct evaluations, the feasible
+        programs of the space on this device (None when too large to enumerate) and the grid's size."""
+        evaluated = sum(n for status, n in self.counts().items() if status is not TrialStatus.PRUNED)
+        programs = None if self._programs is None else len(self._programs)
+        return {"evaluations": evaluated, "programs": programs, "grid": self.space.size}
 
     def counts(self) -> dict[TrialStatus, int]:
         counts = dict.fromkeys(TrialStatus, 0)
@@ -373,6 +430,7 @@ def _tune_problem(session: StudySession, on_progress, precompiler: Precompiler |
         counts[TrialStatus.PRUNED],
         best,
         session.run_id,
+        session.study.user_attrs.get("search"),
     )
 
 

@@ -130,6 +130,7 @@ def tune(
         out.print(f"best {o.problem.key}: {_fmt_config(o.best.config.values) if o.best else '-'}", highlight=False)
     if job.accuracy_bound is not None:
         _print_precision_choice(job.accuracy_bound, outcomes, job.objective)
+    _print_table_costs(outcomes, kernel.batch_dim)
     if tracker.experiment_id:
         out.print(
             f"MLflow runs: mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}  "
@@ -137,6 +138,26 @@ def tune(
         )
     if export:
         _write_export(settings.storage, job.name, export)
+
+
+def _print_table_costs(outcomes: list[Any], batch_dim: str) -> None:
+    """Per table of batch sizes (problems differing only in the batch dim): the evaluations the search spent
+    against an exhaustive sweep of the grid at every batch size, as vLLM's and SGLang's tuning scripts do."""
+    tables: dict[tuple, list[Any]] = {}
+    for o in outcomes:
+        rest = ",".join(f"{k}={v}" for k, v in o.problem.shape if k != batch_dim)
+        tables.setdefault((o.problem.kernel, rest, o.problem.dtype.value), []).append(o)
+    for (kernel, rest, dtype), rows in tables.items():
+        costs = [o.search for o in rows if o.search]
+        if len(rows) < 2 or len(costs) < len(rows):
+            continue
+        spent = sum(c["evaluations"] for c in costs)
+        exhaustive = sum(c["grid"] for c in costs)
+        out.print(
+            f"table {kernel}:{rest}:{dtype}: {len(rows)} {batch_dim} values, {spent} evaluations against "
+            f"{exhaustive:,} for the whole grid at each ({spent / exhaustive:.1%})",
+            highlight=False,
+        )
 
 
 def _print_precision_choice(bound: float, outcomes: list[Any], objective: Any) -> None:

@@ -30,6 +30,11 @@ def build_export(storage_url: str, job: str) -> dict[str, Any]:
         remeasured = best["remeasured"]
         m = Measurement.from_json(remeasured)
         winners.append((Problem.from_json(problem), m))
+        optional = {
+            key: value
+            for key, value in (("baselines", _baselines(attrs.get("baselines"))), ("search", attrs.get("search")))
+            if value
+        }
         entries.append(
             {
                 "kernel": problem["kernel"],
@@ -46,6 +51,7 @@ def build_export(storage_url: str, job: str) -> dict[str, Any]:
                     "mlflow_run_id": attrs.get("mlflow_run_id"),
                     "source_hash": attrs.get("source_hash"),
                 },
+                **optional,
             }
         )
     if not entries:
@@ -62,6 +68,22 @@ def build_export(storage_url: str, job: str) -> dict[str, Any]:
         objective = Objective(studies[0].user_attrs.get("objective", Objective.MIN_TIME.value))
         data["precision_choice"] = [c.to_json() for c in choose(winners, max(bounds), objective)]
     return data
+
+
+def _baselines(stored: dict[str, Any] | None) -> dict[str, Any]:
+    """A study's re-measured baselines (``Kernel.baselines``) as the export shows them: config and metrics,
+    or config and why it failed."""
+    out = {}
+    for name, b in (stored or {}).items():
+        shown: dict[str, Any] = {"config": b["config"]}
+        if "measurement" in b:
+            shown["metrics"] = Measurement.from_json(b["measurement"]).metrics()
+        else:
+            shown["failure"] = b.get("failure")
+        if b.get("is_winner"):
+            shown["is_winner"] = True
+        out[name] = shown
+    return out
 
 
 def write_export(data: dict[str, Any], path: Path) -> None:

@@ -53,6 +53,50 @@ def first_configs(
     return list(dict.fromkeys(out + space.known_good(problem, device, budget)))
 
 
+def table_neighbours(
+    storage: Any, problem: Problem, device: DeviceProfile, batch_dim: str, objective: str
+) -> tuple[Config | None, Config | None]:
+    """The winners of the nearest finished studies below and above this problem's batch size that differ from
+    it in nothing else (the same kernel, dtype, objective, device and other dims): its neighbours in a table
+    of batch sizes, such as a vLLM config file's rows."""
+    here = problem.dims.get(batch_dim, 1)
+    below: tuple[int, Config] | None = None
+    above: tuple[int, Config] | None = None
+    for summary in _related_studies(storage, problem, device, batch_dim, objective):
+        shape = summary.user_attrs["problem"]["shape"]
+        if any(shape.get(k) != v for k, v in problem.dims.items() if k != batch_dim):
+            continue
+        there, winner = shape.get(batch_dim, 1), Config.make(summary.user_attrs["best"]["config"])
+        if there < here and (below is None or there > below[0]):
+            below = (there, winner)
+        elif there > here and (above is None or there < above[0]):
+            above = (there, winner)
+    return (below[1] if below else None), (above[1] if above else None)
+
+
+def table_order(problems: list[Problem], batch_dim: str) -> list[Problem]:
+    """Each table's batch sizes (problems differing only in ``batch_dim``) in bisection order: the smallest
+    and the largest, then the middle of every gap, so every batch size after the first two is tuned between
+    two tuned neighbours. Tables keep their first appearance's order."""
+    tables: dict[tuple, list[Problem]] = {}
+    for p in problems:
+        rest = tuple((k, v) for k, v in p.shape if k != batch_dim)
+        tables.setdefault((rest, p.dtype), []).append(p)
+    out: list[Problem] = []
+    for members in tables.values():
+        ordered = sorted(members, key=lambda p: p.dims.get(batch_dim, 1))
+        picked = [0, len(ordered) - 1] if len(ordered) > 1 else [0]
+        gaps = [(0, len(ordered) - 1)]
+        while gaps:
+            lo, hi = gaps.pop(0)
+            if hi - lo > 1:
+                mid = (lo + hi) // 2
+                picked.append(mid)
+                gaps += [(lo, mid), (mid, hi)]
+        out += [ordered[i] for i in picked]
+    return out
+
+
 def neighbour_trials(
     storage: Any, problem: Problem, device: DeviceProfile, batch_dim: str, objective: str, *, maximize: bool
 ) -> list[list[tuple[dict, float | None]]]:

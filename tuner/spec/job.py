@@ -25,6 +25,13 @@ class Budget(_Strict):
     patience: int | None = Field(
         default=None, gt=0, description="stop a problem after this many measured trials without a 1 % gain"
     )
+    table_patience: int | None = Field(
+        default=None,
+        gt=0,
+        description="tune the batch sizes of each shape as a table: largest and smallest first, then the middles;"
+        " a batch size whose tuned neighbours on both sides share a winner stops after this many measured trials"
+        " without a 1 % gain",
+    )
 
     @model_validator(mode="after")
     def _some_limit(self) -> Budget:
@@ -157,6 +164,8 @@ class JobSpec(_Strict):
             )
         if self.objective.multi and self.budget.patience is not None:
             raise ValueError("budget.patience: early stop follows one objective; drop it for time_and_energy")
+        if self.objective.multi and self.budget.table_patience is not None:
+            raise ValueError("budget.table_patience: early stop follows one objective; drop it for time_and_energy")
         if self.selection != SelectionSpec() and not self.objective.multi:
             raise ValueError("selection: a policy picks from a Pareto front; set objective: time_and_energy")
         bad = [p.value for p in self.precisions if p not in kernel.precisions]

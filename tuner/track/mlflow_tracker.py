@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from cotune.tuner.errors import StorageError
 from cotune.tuner.measure.trial_record import TRIAL_ATTR, record, result_from_trial
 from cotune.tuner.track.tracker import BestLog, StudyInfo, TrialLog
-from cotune.tuner.types import Config, FailureKind, TrialStatus
+from cotune.tuner.types import Config, FailureKind, Measurement, TrialStatus
 
 if TYPE_CHECKING:
     import optuna
@@ -207,6 +207,14 @@ class MlflowTracker:
                         indent=2,
                     )
                 )
+            baselines = study.user_attrs.get("baselines", {})
+            for name, b in baselines.items():
+                if "measurement" in b:
+                    metrics.append(
+                        Metric(f"baseline_{name}_time_s", Measurement.from_json(b["measurement"]).median_s, now, 0)
+                    )
+            if baselines:
+                (out / "baselines.json").write_text(json.dumps(baselines, indent=2))
             if "pareto_front" in study.user_attrs:
                 (out / "pareto_front.json").write_text(json.dumps(study.user_attrs["pareto_front"], indent=2))
             study.trials_dataframe().to_csv(out / "trials.csv", index=False)
