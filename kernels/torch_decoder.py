@@ -39,6 +39,7 @@ import math
 import statistics
 import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -141,6 +142,36 @@ def reference(x: torch.Tensor, weights: dict[str, torch.Tensor], heads: int) -> 
     with torch.inference_mode():
         w64 = {k: v.double() for k, v in weights.items()}
         return decoder_layer(x.double().unsqueeze(0), w64, heads)[0]
+
+
+def torchscript_layer(dims: dict[str, int], precision: Precision) -> bytes:
+    """The served layer as TorchScript (``torch.jit.save``), for a Triton Inference Server model repository's
+    ``1/model.pt``: the seeded weights the layer was tuned with, in the precision's dtype, taking hidden states
+    ``[batch, seq, hidden]`` and returning the same shape; the batch dim stays free (traced, not fixed)."""
+    import io
+
+    import torch
+
+    dtype = {Precision.FP32: torch.float32, Precision.BF16: torch.bfloat16}[precision]
+    weights = {k: v.to(dtype) for k, v in make_weights(dims["hidden"], dims["heads"], dims["intermediate"]).items()}
+
+    class Layer(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            for name, tensor in weights.items():
+                self.register_buffer(name, tensor)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return decoder_layer(x, {name: getattr(self, name) for name in weights}, dims["heads"])
+
+    example = torch.stack(make_inputs(dims["seq"], dims["hidden"], count=2)).to(dtype)
+    buffer = io.BytesIO()
+    # torch deprecates TorchScript in favour of torch.export, but TorchScript is what Triton's PyTorch
+    # (libtorch) backend loads.
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.trace(Layer().eval(), example), buffer)
+    return buffer.getvalue()
 
 
 @dataclass

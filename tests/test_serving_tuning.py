@@ -154,8 +154,9 @@ def test_triton_config_pbtxt_parses_and_carries_the_winner(cpu, tmp_path: Path) 
     }
     exporter = get_exporter("triton-server")
     assert isinstance(exporter, TritonServerExporter) and exporter.name == "triton-server"
-    paths = write_files(tmp_path, exporter.render(export), export["job"])
-    assert len(paths) == 2
+    written = write_files(tmp_path, exporter.render(export), export["job"])
+    paths = [p for p in written if p.name == "config.pbtxt"]
+    assert len(paths) == 2 and len(written) == 4  # and each model's 1/model.pt
 
     for path, entry, kind, dtype in (
         (paths[0], export["entries"][0], model_config_pb2.ModelInstanceGroup.KIND_CPU, model_config_pb2.TYPE_FP32),
@@ -189,3 +190,42 @@ def test_triton_exporter_refuses_an_export_without_decoder_winners(tmp_path: Pat
     bad = {"job": "j", "entries": [_entry("fp32", "cpu", {"max_batch_size": 2}, {})]}
     with pytest.raises(SpecError, match="instances"):
         TritonServerExporter().render(bad)
+
+
+def test_the_triton_server_repository_loads_as_the_pytorch_backend_loads_it(tmp_path: Path) -> None:
+    """Triton's loading rules (STACK.md): the model folder is named as the config's ``name``, a version folder
+    the default policy admits (``1/``) holds ``model.pt``, TorchScript the PyTorch backend opens with
+    ``torch.jit.load``, whose ``INPUT__0``/``OUTPUT__0`` take ``[batch, *dims]`` in the config's data type;
+    preferred batch sizes are at most ``max_batch_size``. A batch of the largest configured size runs and
+    matches the layer it was tuned as."""
+    import torch
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    export = {
+        "job": "cpu-serving",
+        "entries": [
+            _entry("fp32", "cpu", {"max_batch_size": 4, "instances": 1, "queue_delay_us": 100}, {"time_s": 0.01}),
+            _entry("bf16", "cuda", {"max_batch_size": 8, "instances": 2, "queue_delay_us": 0}, {"time_s": 0.01}),
+        ],
+    }
+    write_files(tmp_path, TritonServerExporter().render(export), export["job"])
+    models = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    assert len(models) == 2
+    weights = td.make_weights(SMALL["hidden"], SMALL["heads"], SMALL["intermediate"])
+    for folder in models:
+        config = text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        assert config.name == folder.name and config.platform == "pytorch_libtorch"
+        assert sorted(p.name for p in folder.iterdir()) == ["1", "config.pbtxt"]
+        assert max(config.dynamic_batching.preferred_batch_size, default=0) <= config.max_batch_size
+        dtype = {model_config_pb2.TYPE_FP32: torch.float32, model_config_pb2.TYPE_BF16: torch.bfloat16}
+        (inp,), (out,) = config.input, config.output
+        assert (inp.name, out.name) == ("INPUT__0", "OUTPUT__0") and list(inp.dims) == list(out.dims)
+        model = torch.jit.load(str(folder / "1" / "model.pt"))
+        batch = torch.randn(config.max_batch_size, *inp.dims).to(dtype[inp.data_type])
+        with torch.no_grad():
+            result = model(batch)
+        assert result.shape == batch.shape and result.dtype == dtype[out.data_type]
+        expected = td.decoder_layer(batch.float(), weights, SMALL["heads"])
+        tolerance = td.TOLERANCE[Precision.FP32 if inp.data_type == model_config_pb2.TYPE_FP32 else Precision.BF16]
+        assert (result.float() - expected).abs().max() <= tolerance * expected.abs().max() * 4

@@ -10,11 +10,15 @@ latency and throughput) goes into ``parameters`` under ``cotune.*`` keys, which 
 and into a comment heading the file.
 
 ``seq`` and ``p99_ms`` are part of the model: each tuned problem has its own winner, and Triton's dynamic
-batcher only batches along the batch dim, so one model serves one request length under one budget. The model
-file itself (``<model>/1/model.pt``, the TorchScript of the layer) is not written here.
+batcher only batches along the batch dim, so one model serves one request length under one budget.
 
-Only the standard library: the file is written as text, not through Triton's protobuf classes, so exporting
-needs no ``tritonclient`` (the tests parse the result with it).
+Beside the config, version 1 of the model: ``<model>/1/model.pt``, the TorchScript of the layer that was tuned
+(its seeded weights, in the tuned precision; :func:`cotune.kernels.torch_decoder.torchscript_layer`), which
+the PyTorch backend loads with ``torch.jit.load``. So the repository loads and serves as tuned; to serve a real
+model under the tuned batching, put that model's TorchScript in its place (same tensor names and shapes).
+
+The config is written as text, not through Triton's protobuf classes, so exporting needs no ``tritonclient``
+(the tests parse the result with it).
 """
 
 from __future__ import annotations
@@ -179,11 +183,20 @@ class TritonServerExporter:
         return entries
 
     def render(self, export: dict[str, Any]) -> Files:
-        """``<model>/config.pbtxt`` for each ``torch_decoder`` entry; other kernels are skipped."""
+        """``<model>/config.pbtxt`` and ``<model>/1/model.pt`` for each ``torch_decoder`` entry; other kernels
+        are skipped."""
         files: Files = {}
         for entry in self.entries(export):
             name = model_name(entry)
             if f"{name}/config.pbtxt" in files:
                 raise SpecError(f"two entries of the export map to model {name} (tuned on two devices of one kind?)")
             files[f"{name}/config.pbtxt"] = render(entry, export)
+            files[f"{name}/1/model.pt"] = _model_file(entry)
         return files
+
+
+def _model_file(entry: dict[str, Any]) -> bytes:
+    from cotune.kernels.torch_decoder import torchscript_layer  # torch only when this format is asked for
+    from cotune.tuner.types import Precision
+
+    return torchscript_layer({k: int(v) for k, v in entry["shape"].items()}, Precision(entry["dtype"]))
