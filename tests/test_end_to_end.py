@@ -132,3 +132,20 @@ def test_export_refuses_a_format_the_job_cannot_feed_before_measuring_anything(j
     assert "no fused_moe results to export for vllm" in proc.stderr and "Traceback" not in proc.stderr
     assert "verified" not in proc.stdout and not (job / "vllm-out").exists()
 
+
+
+def test_mlflow_shows_the_job_as_a_user_reads_it(job):
+    """Parent runs named by what tells them apart, the classic runs layout, the key numbers under short
+    names, and artifacts under cotune-runs/ rather than an mlruns/ folder wherever the command ran."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{job}/cotune-runs/mlflow.db")
+    exp = client.get_experiment_by_name("cotune/e2e")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert exp.artifact_location == (job / "cotune-runs" / "mlartifacts").resolve().as_uri()
+    parents = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags]
+    assert sorted(r.info.run_name for r in parents) == ["M=16 · fp32", "M=64 · fp32"]
+    for run in parents:
+        assert {"time_ms", "gflops", "trials_ok", "trials_fail"} <= set(run.data.metrics)
+        assert run.data.metrics["time_ms"] == pytest.approx(run.data.metrics["best_time_s"] * 1e3)
+    assert (job / "cotune-runs" / "mlartifacts").is_dir() and not (job / "mlruns").exists()

@@ -25,7 +25,7 @@ from cotune.tuner.search.transfer import first_configs, neighbour_trials, table_
 from cotune.tuner.space.search_space import SearchSpace, load_space
 from cotune.tuner.spec.job import JobSpec
 from cotune.tuner.store.studies import open_storage
-from cotune.tuner.track.tracker import BestLog, StudyInfo, Tracker, TrialLog
+from cotune.tuner.track.tracker import BestLog, StudyInfo, Tracker, TrialLog, run_names
 from cotune.tuner.types import Config, DeviceProfile, FailureKind, Measurement, Objective, Problem, TrialStatus
 
 # Stop asking when this many proposals in a row were infeasible or already measured.
@@ -177,7 +177,8 @@ class StudySession:
             "cotune.space": space.source,
             **{f"cotune.toolchain.{k}": v for k, v in kernel.toolchain().items()},
         }
-        self.run_id = tracker.start_study(StudyInfo(spec.name, name, problem, device, tags))
+        run_name = run_names(spec.expand()).get(problem.key)
+        self.run_id = tracker.start_study(StudyInfo(spec.name, name, problem, device, tags, run_name))
         attrs = {
             "job": job or spec.name,
             "problem": problem.to_json(),

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from cotune.tuner.errors import StorageError
 from cotune.tuner.measure.trial_record import TRIAL_ATTR, record, result_from_trial
 from cotune.tuner.track.tracker import BestLog, StudyInfo, TrialLog
-from cotune.tuner.types import Config, FailureKind, Measurement, TrialStatus
+from cotune.tuner.types import Config, FailureKind, Measurement, Problem, TrialStatus
 
 if TYPE_CHECKING:
     import optuna
@@ -59,6 +59,34 @@ _HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
 }
+# MLflow 3's UI opens an experiment without a kind in its GenAI layout (traces, no runs table); this kind
+# gives the classic runs table with parents and their child runs.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def artifact_location(tracking_uri: str) -> str | None:
+    """Artifacts beside a local SQLite store (``cotune-runs/mlartifacts``) instead of MLflow's default
+    ``./mlruns`` in whatever folder the command ran from; a tracking server keeps its own."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return (Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+
+
+def summary_metrics(problem: Problem, device_name: str, m: Measurement) -> dict[str, float]:
+    """The few numbers the runs table shows for a study, under short names: time in ms, throughput (GFLOP/s,
+    and TFLOP/s on a GPU) and the share of the device's roofline where its peak is known."""
+    from cotune.tuner.device.gpu_specs import lookup, roofline_fraction
+
+    out = {"time_ms": m.median_s * 1e3, "gflops": m.gflops}
+    spec = lookup(device_name)
+    if spec is not None:
+        out["tflops"] = m.gflops / 1e3
+        fraction = roofline_fraction(m.flops, m.bytes_moved, m.median_s, problem.dtype.value, spec)
+        if fraction:
+            out["pct_of_roofline"] = 100 * fraction
+    return out
+
+
 # After a failed write, trial writes wait this long before the next try; those skipped meanwhile are
 # written when the study finishes.
 RETRY_AFTER_S = 30.0
@@ -83,7 +111,15 @@ class MlflowTracker:
     def start_job(self, job: str) -> None:
         name = f"cotune/{job}"
         exp = self.client.get_experiment_by_name(name)
-        self._experiment_id = exp.experiment_id if exp else self.client.create_experiment(name)
+        if exp is None:
+            self._experiment_id = self.client.create_experiment(
+                name, artifact_location=artifact_location(self.uri), tags=EXPERIMENT_TAGS
+            )
+            return
+        self._experiment_id = exp.experiment_id
+        for key, value in EXPERIMENT_TAGS.items():
+            if exp.tags.get(key) != value:
+                self.client.set_experiment_tag(exp.experiment_id, key, value)
 
     @property
     def experiment_id(self) -> str | None:
@@ -92,7 +128,7 @@ class MlflowTracker:
     def start_study(self, info: StudyInfo) -> str:
         assert self._experiment_id is not None, "start_job first"
         tags = {
-            "mlflow.runName": info.problem.key,
+            "mlflow.runName": info.run_name or info.problem.key,
             "cotune.job": info.job,
             "cotune.study": info.study_name,
             "cotune.kernel": info.problem.kernel,
@@ -197,6 +233,11 @@ class MlflowTracker:
                 params = [Param(f"best.{k}", str(v)) for k, v in best.config.params]
                 metrics += [Metric(f"best_{k}", v, now, 0) for k, v in best.remeasured.metrics().items()]
                 metrics.append(Metric("best_tuned_time_s", best.tuned.median_s, now, 0))
+                attrs = study.user_attrs
+                if "problem" in attrs and "device" in attrs:
+                    problem = Problem.from_json(attrs["problem"])
+                    summary = summary_metrics(problem, attrs["device"]["name"], best.remeasured)
+                    metrics += [Metric(k, v, now, 0) for k, v in summary.items()]
                 (out / "best_config.json").write_text(
                     json.dumps(
                         {

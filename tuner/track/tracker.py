@@ -63,6 +63,19 @@ class StudyInfo:
     problem: Problem
     device: DeviceProfile
     tags: dict[str, str]
+    run_name: str | None = None  # short and distinct within the job (run_names); else the problem key
+
+
+def run_names(problems: list[Problem]) -> dict[str, str]:
+    """Short names for a job's studies, by problem key: the dims that differ between its problems, then the
+    precision (``M=512 · fp32``), so runs listed side by side are told apart in their first characters
+    instead of sharing a prefix the UI cuts. A job of one problem names all its dims."""
+    varying = [k for k, _ in problems[0].shape if len({p.dims.get(k) for p in problems}) > 1] if problems else []
+    out = {}
+    for p in problems:
+        dims = varying or [k for k, _ in p.shape]
+        out[p.key] = " · ".join([*(f"{k}={p.dims[k]}" for k in dims), p.dtype.value])
+    return out
 
 
 class Tracker(Protocol):
