@@ -1,19 +1,21 @@
-"""Co-design report: tuned results of one or more jobs, per hardware x precision, as Markdown or HTML with
-matplotlib plots.
+"""Co-design report: tuned results of one or more jobs, one section per hardware x precision, as an HTML page
+(or Markdown) with plots, and the same data in ``report.json``.
 
-Without a plan it lists every tuned problem with its time, throughput, % of the roofline (from the peak
-table) and energy. With a ``plan.json`` from ``cotune plan`` it reassembles the decoder layer: per batch,
-the tuned time of each operation x its count per layer, the layer time, an estimated decode rate
-(tokens per step / (layers x layer time + the LM head)) and joules per token where energy was measured.
-The estimate covers only the operations that were tuned; the report names the ones that were not.
+Each section lists every tuned problem with its time, throughput, % of the roofline (from the peak table)
+and energy. A problem whose kernel has baselines (``Kernel.baselines``: for fused MoE, the config vLLM ships
+for the shape and vLLM's default rule) shows the winner against each, measured in the same study. With a
+``plan.json`` from ``cotune plan`` a section also reassembles the model: per batch, the tuned time of each
+operation x its count per layer, the layer time, an estimated decode rate (tokens per step / (layers x layer
+time + the LM head)) and joules per token where energy was measured. The estimate covers only the
+operations that were tuned; the report names the ones that were not. Several jobs of the same problems (one
+per GPU kind, say) are also compared side by side.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +25,21 @@ from cotune.tuner.types import Problem
 
 
 @dataclass(frozen=True)
+class Baseline:
+    name: str
+    time_s: float | None  # None: it failed here
+    failure: str | None = None
+
+
+@dataclass(frozen=True)
 class Result:
     problem: Problem
     device: str
     time_s: float
     energy_j: float
     job: str
+    gflops: float = 0.0
+    baselines: tuple[Baseline, ...] = ()
 
     @property
     def roofline(self) -> float | None:
@@ -40,6 +51,20 @@ class Result:
             k.flops(self.problem), k.bytes_moved(self.problem), self.time_s, self.problem.dtype.value, spec
         )
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "job": self.job,
+            "device": self.device,
+            "kernel": self.problem.kernel,
+            "shape": self.problem.dims,
+            "dtype": self.problem.dtype.value,
+            "time_s": self.time_s,
+            "gflops": self.gflops,
+            "roofline": self.roofline,
+            "energy_j": self.energy_j or None,
+            "baselines": [asdict(b) for b in self.baselines],
+        }
+
 
 @dataclass
 class LayerEstimate:
@@ -47,41 +72,75 @@ class LayerEstimate:
     precision: str
     batch: int
     tokens: int
-    ops: dict[str, float] = field(default_factory=dict)  # op name -> seconds per layer (time x count)
+    ops: dict[str, float] = field(default_factory=dict)  # op name -> seconds per step (time x count x layers)
     lm_head_s: float = 0.0
     energy_j: float | None = 0.0  # per step; None once any op lacks an energy reading
     missing: list[str] = field(default_factory=list)
-    layers: int = 0
 
     @property
-    def layer_s(self) -> float:
-        return sum(self.ops.values())
+    def step_s(self) -> float:
+        return sum(self.ops.values()) + self.lm_head_s
 
     @property
     def tokens_per_s(self) -> float | None:
-        step = self.layers * self.layer_s + self.lm_head_s
-        return self.tokens / step if step > 0 else None
+        return self.tokens / self.step_s if self.step_s > 0 else None
 
     @property
     def joules_per_token(self) -> float | None:
         return self.energy_j / self.tokens if self.energy_j else None
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "step_s": self.step_s,
+            "tokens_per_s": self.tokens_per_s,
+            "joules_per_token": self.joules_per_token,
+        }
+
+
+@dataclass
+class Section:
+    """One hardware x precision: its tuned problems and, with a plan, its model estimates."""
+
+    device: str
+    precision: str
+    results: list[Result]
+    estimates: list[LayerEstimate]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "precision": self.precision,
+            "problems": [r.to_json() for r in self.results],
+            "model": [e.to_json() for e in self.estimates],
+        }
+
 
 def results_from_exports(exports: Sequence[dict[str, Any]]) -> list[Result]:
-    return [
-        Result(
-            Problem.make(e["kernel"], e["shape"], e["dtype"]),
-            e["device"]["name"],
-            float(e["metrics"]["time_s"]),
-            float(e["metrics"].get("energy_j", 0.0)),
-            x["job"],
-        )
-        for x in exports
-        for e in x["entries"]
-    ]
+    out = []
+    for x in exports:
+        for e in x["entries"]:
+            baselines = tuple(
+                Baseline(name, b.get("metrics", {}).get("time_s"), b.get("failure"))
+                for name, b in sorted(e.get("baselines", {}).items())
+            )
+            out.append(
+                Result(
+                    Problem.make(e["kernel"], e["shape"], e["dtype"]),
+                    e["device"]["name"],
+                    float(e["metrics"]["time_s"]),
+                    float(e["metrics"].get("energy_j", 0.0)),
+                    x["job"],
+                    float(e["metrics"].get("gflops", 0.0)),
+                    baselines,
+                )
+            )
+    return out
 
 
 def estimate_layers(results: Sequence[Result], plan: dict[str, Any]) -> list[LayerEstimate]:
+    """Per device, precision and batch: the forward step rebuilt from the plan's operations, each tuned time
+    times how often the step runs it (count per layer x layers)."""
     index = {(r.device, r.problem.dtype.value, r.problem.key): r for r in results}
     out = []
     for device in sorted({r.device for r in results}):
@@ -89,20 +148,20 @@ def estimate_layers(results: Sequence[Result], plan: dict[str, Any]) -> list[Lay
             for batch in plan["batches"]:
                 est = LayerEstimate(device, precision, batch, tokens=0)
                 for op, p in plan["problems"].items():
-                    step = next(s for s in p["per_batch"] if s["batch"] == batch)
-                    est.tokens = step["tokens"] if p["layers"] > 1 else est.tokens or step["tokens"]
+                    step = next((s for s in p["per_batch"] if s["batch"] == batch), None)
+                    if step is None:
+                        continue
+                    est.tokens = max(est.tokens, step["tokens"])
                     key = Problem.make(p["kernel"], step["shape"], precision).key
                     r = index.get((device, precision, key))
                     if r is None:
                         est.missing.append(op)
                         continue
-                    seconds = r.time_s * p["count_per_layer"]
-                    if p["layers"] == 1:
-                        est.lm_head_s += seconds
-                    else:
-                        est.ops[op] = seconds
-                        est.layers = p["layers"]
                     calls = p["count_per_layer"] * p["layers"]
+                    if op == "lm_head":  # shown apart; every op counts in the step time
+                        est.lm_head_s += r.time_s * calls
+                    else:
+                        est.ops[op] = r.time_s * calls
                     est.energy_j = (
                         est.energy_j + r.energy_j * calls if est.energy_j is not None and r.energy_j else None
                     )
@@ -111,108 +170,50 @@ def estimate_layers(results: Sequence[Result], plan: dict[str, Any]) -> list[Lay
     return out
 
 
-def _plots(results: Sequence[Result], estimates: Sequence[LayerEstimate], out_dir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    if estimates:
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-        series: dict[tuple[str, str], list[LayerEstimate]] = {}
-        for e in estimates:
-            series.setdefault((e.device, e.precision), []).append(e)
-        for (device, precision), ests in series.items():
-            ax1.plot(
-                [e.batch for e in ests], [e.tokens_per_s or 0 for e in ests], marker="o", label=f"{device} {precision}"
-            )
-        ax1.set(xscale="log", yscale="log", xlabel="batch", ylabel="estimated decode tokens/s", title="decode rate")
-        ax1.legend(fontsize=7)
-        labels = [f"{e.device[:18]} {e.precision} b{e.batch}" for e in estimates]
-        ops = sorted({op for e in estimates for op in e.ops})
-        bottom = [0.0] * len(estimates)
-        for op in ops:
-            vals = [e.ops.get(op, 0.0) * 1e6 for e in estimates]
-            ax2.barh(labels, vals, left=bottom, label=op)
-            bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
-        ax2.set(xlabel="tuned time per layer (us)", title="layer time by operation")
-        ax2.legend(fontsize=7)
-        ax2.tick_params(axis="y", labelsize=7)
-        fig.tight_layout()
-        paths.append(out_dir / "layer_time.png")
-        fig.savefig(paths[-1], dpi=100)
-        plt.close(fig)
-    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.3 * len(results))))
-    ax.barh([f"{r.device[:18]} {r.problem.key}"[:90] for r in results], [r.time_s * 1e6 for r in results])
-    ax.set(xscale="log", xlabel="tuned time (us)", title="every tuned problem")
-    ax.tick_params(axis="y", labelsize=6)
-    fig.tight_layout()
-    paths.append(out_dir / "problems.png")
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
-    return paths
-
-
-def _fmt(value: float | None, unit: str = "", scale: float = 1.0, digits: int = 3) -> str:
-    return "-" if value is None else f"{value * scale:.{digits}g}{unit}"
-
-
-def render_markdown(
-    jobs: Sequence[str], results: Sequence[Result], estimates: Sequence[LayerEstimate], images: Sequence[Path]
-) -> str:
-    lines = [f"# cotune report: {', '.join(jobs)}", ""]
-    if estimates:
-        lines += ["## Decoder layer, per hardware x precision", ""]
-        lines += [
-            "| hardware | precision | batch | layer time | LM head | est. decode tokens/s | J/token | not tuned |"
-        ]
-        lines += ["|---|---|---|---|---|---|---|---|"]
-        for e in estimates:
-            lines.append(
-                f"| {e.device} | {e.precision} | {e.batch} | {_fmt(e.layer_s, ' us', 1e6)} | "
-                f"{_fmt(e.lm_head_s or None, ' us', 1e6)} | {_fmt(e.tokens_per_s, '', 1, 4)} | "
-                f"{_fmt(e.joules_per_token)} | {', '.join(e.missing) or '-'} |"
-            )
-        lines.append("")
-    lines += [
-        "## Tuned problems",
-        "",
-        "| hardware | problem | time | % of roofline | J/call | job |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        lines.append(
-            f"| {r.device} | {r.problem.key} | {_fmt(r.time_s, ' us', 1e6)} | {_fmt(r.roofline, ' %', 100)} | "
-            f"{_fmt(r.energy_j or None)} | {r.job} |"
+def sections(results: Sequence[Result], estimates: Sequence[LayerEstimate]) -> list[Section]:
+    keys = sorted({(r.device, r.problem.dtype.value) for r in results})
+    return [
+        Section(
+            device,
+            precision,
+            sorted(
+                (r for r in results if (r.device, r.problem.dtype.value) == (device, precision)),
+                key=lambda r: (r.problem.kernel, sorted(r.problem.dims.items()), r.job),
+            ),
+            [e for e in estimates if (e.device, e.precision) == (device, precision)],
         )
-    lines += ["", *[f"![{p.stem}]({p.name})" for p in images], ""]
-    return "\n".join(lines)
+        for device, precision in keys
+    ]
 
 
-def to_html(markdown: str, images: Sequence[Path]) -> str:
-    """A self-contained page: the Markdown tables as preformatted text, the plots embedded."""
-    import html
-
-    body = "".join(
-        f'<p><img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"></p>'
-        for p in images
-    )
-    text = "\n".join(line for line in markdown.splitlines() if not line.startswith("!["))
-    return f"<!doctype html><meta charset=utf-8><title>cotune report</title><pre>{html.escape(text)}</pre>{body}\n"
+def comparison(results: Sequence[Result]) -> list[dict[str, Any]]:
+    """The problems tuned by more than one job (or on more than one device), each job's time side by side."""
+    by_problem: dict[str, dict[str, float]] = {}
+    for r in results:
+        by_problem.setdefault(r.problem.key, {})[f"{r.job} @ {r.device}"] = r.time_s
+    return [{"problem": key, "times_s": times} for key, times in sorted(by_problem.items()) if len(times) > 1]
 
 
 def write_report(
     jobs: Sequence[str], exports: Sequence[dict[str, Any]], plan: dict[str, Any] | None, output: Path
 ) -> list[Path]:
-    """Write the report (``.md`` or ``.html``) and its plots next to it; returns every file written."""
+    """Write the report (``.html`` or ``.md``), ``report.json`` and the plots beside it; returns every file."""
+    from cotune.tuner.codesign.report_page import render_html, render_markdown
+    from cotune.tuner.codesign.report_plots import plots
+
     results = results_from_exports(exports)
     estimates = estimate_layers(results, plan) if plan else []
+    parts = sections(results, estimates)
+    compared = comparison(results)
     output.parent.mkdir(parents=True, exist_ok=True)
-    images = _plots(results, estimates, output.parent)
-    markdown = render_markdown(jobs, results, estimates, images)
-    output.write_text(to_html(markdown, images) if output.suffix == ".html" else markdown)
-    (output.parent / "report.json").write_text(
-        json.dumps([e.__dict__ | {"tokens_per_s": e.tokens_per_s, "layer_s": e.layer_s} for e in estimates], indent=2)
-    )
-    return [output, output.parent / "report.json", *images]
+    images = plots(parts, output.parent)
+    render = render_html if output.suffix == ".html" else render_markdown
+    output.write_text(render(list(jobs), parts, compared, images))
+    data = {
+        "jobs": list(jobs),
+        "plan": {"model": plan.get("model"), "batches": plan["batches"]} if plan else None,
+        "sections": [s.to_json() for s in parts],
+        "comparison": compared,
+    }
+    (output.parent / "report.json").write_text(json.dumps(data, indent=2) + "\n")
+    return [output, output.parent / "report.json", *images.values()]
