@@ -149,3 +149,27 @@ def test_mlflow_shows_the_job_as_a_user_reads_it(job):
         assert {"time_ms", "gflops", "trials_ok", "trials_fail"} <= set(run.data.metrics)
         assert run.data.metrics["time_ms"] == pytest.approx(run.data.metrics["best_time_s"] * 1e3)
     assert (job / "cotune-runs" / "mlartifacts").is_dir() and not (job / "mlruns").exists()
+
+
+def test_mlflow_runs_page_shows_each_problem_by_its_own_name(job, tmp_path):
+    """MLflow's own UI, served from the job's store, in headless Chromium: the runs page lists both parent
+    runs, told apart by name (COTUNE_SCREENSHOTS=DIR keeps the screenshot, for the docs)."""
+    from mlflow import MlflowClient
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.browser import blank, browser, screenshot
+    from tests.service.stack import MlflowServer
+
+    exp = MlflowClient(f"sqlite:///{job}/cotune-runs/mlflow.db").get_experiment_by_name("cotune/e2e")
+    server = MlflowServer(job / "cotune-runs")
+    try:
+        with browser() as chrome:
+            chrome.get(f"{server.url}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning")
+            names = ("M=16 · fp32", "M=64 · fp32")
+            WebDriverWait(chrome, 90).until(lambda c: all(n in c.find_element("tag name", "body").text for n in names))
+            for close in chrome.find_elements("css selector", "button[aria-label='Close']"):  # MLflow's assistant
+                close.click()
+            shot = screenshot(chrome, tmp_path / "runs.png", keep_as="mlflow-runs.png")
+    finally:
+        server.stop()
+    assert not blank(shot)

@@ -134,7 +134,7 @@ def tune(
     if tracker.experiment_id:
         out.print(
             f"MLflow runs: mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}  "
-            f"then #/experiments/{tracker.experiment_id}/runs"
+            f"then #/experiments/{tracker.experiment_id}/runs?workflowType=machine_learning"
         )
     if export:
         _write_export(settings.storage, job.name, export)
