@@ -80,11 +80,12 @@ def test_serving_lookup_uses_nearest_batch(job):
 
 
 def test_rerun_resumes_and_measures_nothing_new(job):
+    before = json.loads(cotune("status", "e2e", "--json", cwd=job).stdout)
     proc = cotune("tune", "spec.yaml", cwd=job)
     assert proc.returncode == 0, proc.stderr
-    status = cotune("status", "e2e", "--json", cwd=job)
-    rows = json.loads(status.stdout)
+    rows = json.loads(cotune("status", "e2e", "--json", cwd=job).stdout)
     assert len(rows) == 2 and all(r["best_config"] for r in rows)
+    assert {r["study"]: r["trials"] for r in rows} == {r["study"]: r["trials"] for r in before}
 
 
 @pytest.mark.parametrize(

@@ -37,10 +37,9 @@ def test_the_next_batch_size_starts_from_the_previous_winner(tmp_path, cpu, tran
     small_best, large_first = _first_trials(url, outcomes)
     assert large_first == small_best
     # a rerun of the finished job asks nothing new, warm start or not
+    before = [len(optuna.load_study(study_name=o.study_name, storage=url).trials) for o in outcomes]
     again = tune_job(parse_spec(SPEC.format(transfer="true")), url, cpu, NullTracker())
-    assert [len(optuna.load_study(study_name=o.study_name, storage=url).trials) for o in again] == [
-        len(optuna.load_study(study_name=o.study_name, storage=url).trials) for o in outcomes
-    ]
+    assert [len(optuna.load_study(study_name=o.study_name, storage=url).trials) for o in again] == before
 
 
 @pytest.mark.parametrize("transfer", ["false", "model"])
