@@ -53,3 +53,23 @@ def test_a_seed_repeats_a_kernel_tuner_strategy_whatever_ran_before(tmp_path: Pa
     assert first == again
     assert first[1] != other[1]
     assert len(first[1]) == 30 and len(set(first[1])) == 30
+
+
+def test_bayes_opt_repeats_whatever_the_machine_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bayes_opt decides when to refit its model by timing itself against the evaluations; 30 ms of extra
+    wall time per evaluation (a loaded machine) must not change what a seeded run evaluates."""
+    import time
+
+    from kernel_tuner.strategies import bayes_opt
+
+    path = tile_cache(tmp_path / "tiles.json")
+    data = load_recording(path)
+    first = kt_best_so_far(path, "bayes_opt", 5, 40, data)
+    evaluate = bayes_opt.BayesianOptimization.evaluate_objective_function
+
+    def slow(self, param_config):
+        time.sleep(0.03)
+        return evaluate(self, param_config)
+
+    monkeypatch.setattr(bayes_opt.BayesianOptimization, "evaluate_objective_function", slow)
+    assert kt_best_so_far(path, "bayes_opt", 5, 40, data) == first
