@@ -29,24 +29,46 @@ def exported(tmp_path_factory):
     return work
 
 
-def test_an_unchanged_toolchain_has_nothing_to_retune(exported):
-    # a generous threshold: the same config on the same machine, timed again on a busy 2-core box
-    proc = cotune("revalidate", "best.json", "--threshold", "3", cwd=exported)
+def _export_with(exported, name: str, time_factor: float, spread: float | None = None) -> dict:
+    """best.json with each exported time scaled (and its spread set), written as ``name``."""
+    data = json.loads((exported / "best.json").read_text())
+    for e in data["entries"]:
+        e["metrics"]["time_s"] *= time_factor
+        if spread is not None:
+            e["metrics"]["spread"] = spread
+    (exported / name).write_text(json.dumps(data))
+    return data
+
+
+def test_a_config_no_slower_than_exported_is_not_retuned(exported):
+    """Exported times 10x the real ones (an older, slower toolchain): nothing regressed, whatever the load."""
+    _export_with(exported, "slower.json", 10.0)
+    proc = cotune("revalidate", "slower.json", cwd=exported)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("│ ok") == 2
-    assert "no regressions: nothing to re-tune" in proc.stdout
+    assert proc.stdout.count("│ ok") == 2 and "no regressions: nothing to re-tune" in proc.stdout
+    assert "beyond the noise" in proc.stdout  # the legend says what the statuses mean
+
+
+def test_a_slowdown_within_the_timings_noise_is_not_a_regression(exported):
+    """3x slower than exported, but the export's own timing spread was 1000 %: noise, not re-tuned."""
+    _export_with(exported, "noisy.json", 1 / 3, spread=10.0)
+    proc = cotune("revalidate", "noisy.json", cwd=exported)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("│ noise") == 2 and "no regressions: nothing to re-tune" in proc.stdout
 
 
 def test_a_regression_is_retuned_from_the_old_winner(exported):
-    data = json.loads((exported / "best.json").read_text())
+    data = _export_with(exported, "stale.json", 1.0)
     _, fast = data["entries"]
     fast["metrics"]["time_s"] /= 100  # as if an older toolchain had run it 100x faster
     old_winner = fast["config"]
     (exported / "stale.json").write_text(json.dumps(data))
-    # the threshold is wide because two runs of a 60 us kernel on a busy 2-core machine differ by tens of %
-    proc = cotune("revalidate", "stale.json", "--threshold", "3", "--trials", "3", "-o", "new.json", cwd=exported)
+    proc = cotune("revalidate", "stale.json", "--trials", "3", "-o", "new.json", cwd=exported)
     assert proc.returncode == 0, proc.stderr
-    assert "regressed" in proc.stdout and "re-tuning 1 c_matmul fp32 problem(s)" in proc.stdout
+    assert "regressed" in proc.stdout
+    assert "re-tuning 1 c_matmul fp32 problem(s) as job rv-revalidated, old winners first" in proc.stdout
+    key = f"c_matmul:{','.join(f'{k}={v}' for k, v in sorted(fast['shape'].items()))}:fp32"
+    assert any(line.startswith(f"{key}: ") for line in proc.stdout.splitlines()[-3:]), proc.stdout
     new = json.loads((exported / "new.json").read_text())
     assert new["job"] == "rv-revalidated"
     assert [e["shape"] for e in new["entries"]] == [fast["shape"]]  # only the regressed problem

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from cotune.tuner.cli.console import clean_errors, fmt_time, out
+from cotune.tuner.cli.console import clean_errors, fmt_time, out, trial_progress
 from cotune.tuner.cli.stores import MlflowOpt, StorageOpt, resolve_settings, storage_for
 from rich.table import Table
 
@@ -111,13 +111,18 @@ def revalidate(
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SpecError(f"{export_file}: not a cotune export ({type(exc).__name__}: {exc})") from None
     checks = revalidate_here(data, threshold)
-    table = Table(title=f"revalidate {export_file} (regression: > {threshold:.0%} slower)")
-    for col in ("problem", "exported", "now", "change", "status"):
-        table.add_column(col, no_wrap=col != "problem")
+    legend = (
+        f"regressed: more than {threshold:.0%} slower and beyond the noise (how much the timing moved between "
+        "repeated measurements of the config here, or its spread at export); noise: slower, but within it"
+    )
+    table = Table(title=f"revalidate {export_file}", caption=legend, caption_justify="left")
+    for col in ("problem", "exported", "now", "change", "noise", "status"):
+        table.add_column(col, no_wrap=col != "problem", overflow="fold" if col == "problem" else "ellipsis")
     for c in checks:
         change = "-" if c.change is None else f"{c.change:+.1%}"
         now = "-" if c.new_time_s is None else fmt_time(c.new_time_s)
-        table.add_row(c.problem.key, fmt_time(c.old_time_s), now, change, c.status.value)
+        noise = "-" if c.noise is None else f"±{c.noise:.0%}"
+        table.add_row(c.problem.key, fmt_time(c.old_time_s), now, change, noise, c.status.value)
     out.print(table)
     for c in checks:
         for line in ([c.reason] if c.reason and c.status.value != "ok" else []) + list(c.toolchain_changes):
@@ -139,8 +144,10 @@ def _retune(job: str, stale: list[Any], trials: int, output: Path | None, storag
     settings = resolve_settings(storage, mlflow_uri)
     ensure_parent_dir(settings.storage)
     ensure_parent_dir(settings.mlflow_tracking_uri)
-    for line in retune(job, stale, trials, settings.storage, lambda: MlflowTracker(settings.mlflow_tracking_uri)):
-        out.print(line)
+    new_tracker = lambda: MlflowTracker(settings.mlflow_tracking_uri)  # noqa: E731
+    with trial_progress("min_time") as on_progress:
+        for line in retune(job, stale, trials, settings.storage, new_tracker, on_progress):
+            out.print(line, highlight=False)
     if output:
         data = build_export(settings.storage, f"{job}-revalidated")
         write_export(data, output)

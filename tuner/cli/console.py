@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import typer
@@ -28,5 +29,39 @@ def clean_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+SPREAD_LEGEND = "spread: interquartile range of the re-measured times over their median; a few % is a stable timing"
+
+
 def fmt_time(seconds: float) -> str:
     return f"{seconds * 1e3:.3f} ms" if seconds < 1 else f"{seconds:.3f} s"
+
+
+def fmt_value(value: float, objective: str) -> str:
+    if objective == "max_throughput":
+        return f"{value:.1f} GFLOP/s"
+    return f"{value:.3g} J" if objective == "min_energy" else fmt_time(value)
+
+
+@contextlib.contextmanager
+def trial_progress(objective: str) -> Iterator[Callable[[Any], None]]:
+    """A progress bar per problem (measured of budget, best so far, time), fed by the driver's on_progress."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[best]}"),
+        TimeElapsedColumn(),
+        console=out,
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def on_progress(p: Any) -> None:
+            key = p.problem.key
+            if key not in tasks:
+                tasks[key] = bar.add_task(key, total=p.budget, best="")
+            best = "" if p.best_value is None else f"best {fmt_value(p.best_value, objective)}"
+            bar.update(tasks[key], completed=p.measured, total=p.budget, best=best)
+
+        yield on_progress

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from cotune.tuner.cli import codesign as codesign_cli
 from cotune.tuner.cli import service as service_cli
-from cotune.tuner.cli.console import clean_errors, err, fmt_time, out
+from cotune.tuner.cli.console import SPREAD_LEGEND, clean_errors, err, fmt_time, out, trial_progress
 from cotune.tuner.cli.service import is_service_job, show_record
 from cotune.tuner.cli.stores import MlflowOpt, StorageOpt, mlflow_for, resolve_settings, storage_for
 from rich.table import Table
@@ -77,7 +77,6 @@ def tune(
     from cotune.tuner.spec.settings import ensure_parent_dir
     from cotune.tuner.store.studies import open_storage
     from cotune.tuner.track.mlflow_tracker import MlflowTracker
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     job = load_spec(spec)
     kernel = get_kernel(job.kernel)
@@ -92,29 +91,14 @@ def tune(
         f"job [bold]{job.name}[/bold] on {device.name}: storage {settings.storage}, "
         f"MLflow {settings.mlflow_tracking_uri}"
     )
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[best]}"),
-        TimeElapsedColumn(),
-        console=out,
-    ) as bar:
-        tasks: dict[str, Any] = {}
-
-        def on_progress(p: Any) -> None:
-            key = p.problem.key
-            if key not in tasks:
-                tasks[key] = bar.add_task(key, total=p.budget, best="")
-            best = "" if p.best_value is None else f"best {_fmt_value(p.best_value, job.objective.value)}"
-            bar.update(tasks[key], completed=p.measured, total=p.budget, best=best)
-
+    with trial_progress(job.objective.value) as on_progress:
         outcomes = tune_job(job, settings.storage, device, tracker, on_progress)
     # Configs go under the table, one line each: as a column they wrap into unreadable cells at 80 columns.
-    table = Table(title=f"{job.name}: re-measured winners")
+    table = Table(title=f"{job.name}: re-measured winners", caption=SPREAD_LEGEND, caption_justify="left")
     energy = job.objective.uses_energy
     for col in ("problem", "ok/fail/pruned", "time", "GFLOP/s", "spread", *(("J/call",) if energy else ())):
-        table.add_column(col, no_wrap=col != "problem")
+        # a long problem key folds onto more lines instead of losing the part that tells rows apart
+        table.add_column(col, no_wrap=col != "problem", overflow="fold" if col == "problem" else "ellipsis")
     for o in outcomes:
         b = o.best
         table.add_row(
@@ -400,12 +384,6 @@ def raise_not_found(job: str, url: str) -> None:
 
 def _fmt_config(values: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in values.items())
-
-
-def _fmt_value(value: float, objective: str) -> str:
-    if objective == "max_throughput":
-        return f"{value:.1f} GFLOP/s"
-    return f"{value:.3g} J" if objective == "min_energy" else fmt_time(value)
 
 
 for _command in (
