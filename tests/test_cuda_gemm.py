@@ -4,7 +4,6 @@ recorded GPU profiles, and (on a GPU only) a measured, verified run."""
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 
 import pytest
@@ -65,20 +64,15 @@ def test_invalid_tiles_fail_to_compile_with_the_nvrtc_message(tmp_path: Path) ->
 
 def test_disk_cache_returns_the_same_cubin_without_recompiling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tiles(32, 64, 16, 2, 4)
-    start = time.perf_counter()
     first = compile_gemm(config, Precision.FP32, "sm_90", cache_dir=tmp_path)
-    compile_s = time.perf_counter() - start
 
     def no_compile(*args: object) -> None:
         raise AssertionError("NVRTC ran although the cubin was cached")
 
-    monkeypatch.setattr(nvrtc_compile, "_nvrtc_compile", no_compile)
-    start = time.perf_counter()
+    monkeypatch.setattr(nvrtc_compile, "_nvrtc_compile", no_compile)  # a cache hit must not reach NVRTC
     second = compile_gemm(config, Precision.FP32, "sm_90", cache_dir=tmp_path)
-    cached_s = time.perf_counter() - start
     assert second.cached
     assert (second.cubin, second.lowered_name, second.log) == (first.cubin, first.lowered_name, first.log)
-    assert cached_s < compile_s
     # Another architecture is another cache entry, so it must compile.
     with pytest.raises(AssertionError, match="NVRTC ran"):
         compile_gemm(config, Precision.FP32, "sm_80", cache_dir=tmp_path)

@@ -134,7 +134,6 @@ def test_export_refuses_a_format_the_job_cannot_feed_before_measuring_anything(j
     assert "verified" not in proc.stdout and not (job / "vllm-out").exists()
 
 
-
 def test_mlflow_shows_the_job_as_a_user_reads_it(job):
     """Parent runs named by what tells them apart, the classic runs layout, the key numbers under short
     names, and artifacts under cotune-runs/ rather than an mlruns/ folder wherever the command ran."""

@@ -74,9 +74,7 @@ def test_html_report_is_a_real_page_in_a_browser(job, tmp_path):
         assert len(tables) >= 2
         cells = [td.text for td in chrome.find_elements("css selector", "td")]
         assert any(c.endswith((" µs", " ms")) for c in cells) and any("GFLOP/s" in c for c in cells)
-        loaded = chrome.execute_script(
-            "return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)"
-        )
+        loaded = chrome.execute_script("return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
         assert loaded and all(loaded)
         shot = screenshot(chrome, tmp_path / "report.png", keep_as="report.png")
     assert not blank(shot)

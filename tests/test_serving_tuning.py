@@ -40,14 +40,12 @@ def test_measure_returns_request_latencies_and_served_throughput(cpu) -> None:
 
 def test_a_too_tight_budget_fails_naming_the_p99_and_the_budget(cpu) -> None:
     problem = _problem(p99_ms=1, hidden=256, heads=4, intermediate=704, seq=64)
-    start = time.perf_counter()
     with pytest.raises(CandidateError) as info:
         TorchDecoder().measure(problem, _config(max_batch_size=2, queue_delay_us=0), cpu, BenchSettings())
     assert info.value.kind is FailureKind.INFEASIBLE
     message = str(info.value)
     assert "p99 latency" in message and "over the budget 1 ms" in message
     assert "stopped after" in message  # a hopeless config does not serve the whole load
-    assert time.perf_counter() - start < 30
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
@@ -86,6 +84,7 @@ def test_batcher_caps_batches_and_holds_a_lone_request_for_the_queue_delay() -> 
             sizes.append(len(numbers))
         time.sleep(0.002)
 
+    # 16 requests wait before the model copies start, so the first batch is full whatever the timing
     result = serve([instance, instance], max_batch_size=4, queue_delay_s=0.0, clients=16, requests=48)
     assert len(result.latencies_s) == 48 and sum(sizes) == 48 and max(sizes) == 4
     assert not result.aborted and result.wall_s >= max(result.latencies_s)

@@ -65,7 +65,7 @@ def test_a_local_study_stops_once_patience_evaluations_gain_nothing(tune_one):
         "sampler: {name: random, seed: 0}\nbench: {warmup: 0, repeats: 3}\n"
     )
     evaluated = sorted((t for t in study.trials if counted(t)), key=lambda t: (t.datetime_complete, t.number))
-    assert 5 < len(evaluated) < 80  # every config of noop sleeps alike: the best soon stops moving
+    assert len(evaluated) > 5
     ref, since = None, 0
     for t in evaluated:  # the rule, recomputed: stalled exactly at the last evaluation, not before
         if ref is None or t.value < ref * 0.99:  # a gain is 1 % on the last gain's value
@@ -73,4 +73,7 @@ def test_a_local_study_stops_once_patience_evaluations_gain_nothing(tune_one):
         else:
             since += 1
         assert since < 5 or t is evaluated[-1]
+    # every config of noop sleeps alike, so it stops early; only timing noise beyond 1 % at every turn could
+    # carry it to its budget, and then it must not have stalled anywhere
+    assert since == 5 or (len(evaluated) == 80 and since < 5)
     assert since == 5
