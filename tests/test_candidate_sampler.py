@@ -84,9 +84,21 @@ def other_gpu(c: dict) -> float:
     return 3.0 * (1.0 + (tm - 6) ** 2 + 0.5 * (tn - 6) ** 2 + 0.3 * (u - 2) ** 2)
 
 
+def random_evals_to_best(seed: int) -> int:
+    """Random search over the same feasible set: the configs in a seeded random order, none twice."""
+    best = min(landscape(c) for c in FEASIBLE)
+    order = FEASIBLE[:]
+    random.Random(seed).shuffle(order)
+    return next(i for i, c in enumerate(order, 1) if landscape(c) == best)
+
+
 def test_finds_the_minimum_much_sooner_than_random():
-    ours = sorted(evals_to_best(CandidateSampler(FEASIBLE, DISTS, seed=s)) for s in range(3))
-    assert ours[1] <= 30, ours  # median of 3 seeds, out of 224 feasible configs
+    """Median of 5 seeds within 25 evaluations of 224: random search has that median with probability
+    about 1 % (at least 3 of 5 draws within the first 25 of 224), measured here beside it."""
+    ours = sorted(evals_to_best(CandidateSampler(FEASIBLE, DISTS, seed=s), limit=224) for s in range(5))
+    theirs = sorted(random_evals_to_best(s) for s in range(5))
+    assert ours[2] <= 25, ours
+    assert theirs[2] > 25 and ours[2] * 2 <= theirs[2], (ours, theirs)
 
 
 def test_a_related_studys_trials_make_the_search_faster():

@@ -105,15 +105,20 @@ def test_tuner_root_holds_few_modules_and_each_sub_package_says_what_it_owns() -
 
 def test_hugging_face_kernels_installs_beside_cotune_without_a_clash(tmp_path: Path) -> None:
     """transformers 5 brings Hugging Face's ``kernels`` package (top-level name ``kernels``); cotune's kernels
-    are ``cotune.kernels``, so both import in one process (run from elsewhere, so the checkout's folders are
-    not on the path)."""
+    are ``cotune.kernels``, so both import in one process, from another folder and from the checkout itself:
+    kernels/ has no ``__init__.py``, so with the checkout on the path (``python -m`` from its root) the folder
+    is at most a namespace portion, and an installed regular package of that name wins over it."""
     pytest.importorskip("kernels", reason="Hugging Face's kernels package is installed with the test extras")
+    import kernels
+
+    assert "site-packages" in kernels.__file__ and not (REPO / "kernels" / "__init__.py").exists()
     code = (
         "import kernels, cotune.kernels, cotune.tuner.measure.registry as r\n"
         "assert 'site-packages' in kernels.__file__, kernels.__file__\n"
         "assert cotune.kernels.__file__ != kernels.__file__\n"
         "print(r.get_kernel('c_matmul').name, hasattr(kernels, 'get_kernel'))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["c_matmul", "True"]
+    for cwd in (tmp_path, REPO):
+        out = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == ["c_matmul", "True"]

@@ -1,1 +1,0 @@
-"""Tunable kernels and their backends. Each kernel implements :class:`cotune.tuner.measure.kernel.Kernel`."""
