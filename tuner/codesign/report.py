@@ -3,7 +3,8 @@ matplotlib plots.
 
 Without a plan it lists every tuned problem with its time, throughput, % of the roofline (from the peak
 table) and energy. With a ``plan.json`` from ``cotune plan`` it reassembles the decoder layer: per batch,
-the tuned time of each operation x its count per layer, the layer time, an estimated decode rate
+the tuned time of each operation x its count per layer (averaged over the layers, since an MoE model's dense
+and MoE layers run different operations), the layer time, an estimated decode rate
 (tokens per step / (layers x layer time + the LM head)) and joules per token where energy was measured.
 The estimate covers only the operations that were tuned; the report names the ones that were not.
 """
@@ -81,27 +82,37 @@ def results_from_exports(exports: Sequence[dict[str, Any]]) -> list[Result]:
     ]
 
 
+def _is_head(problem: dict[str, Any]) -> bool:
+    """The LM head runs once per forward pass; plans written before ``scope`` existed marked it with layers 1."""
+    return problem.get("scope", "head" if problem["layers"] == 1 else "all") == "head"
+
+
 def estimate_layers(results: Sequence[Result], plan: dict[str, Any]) -> list[LayerEstimate]:
     index = {(r.device, r.problem.dtype.value, r.problem.key): r for r in results}
+    total_layers = plan.get("layers", {}).get("all")
     out = []
     for device in sorted({r.device for r in results}):
         for precision in sorted({r.problem.dtype.value for r in results if r.device == device}):
             for batch in plan["batches"]:
                 est = LayerEstimate(device, precision, batch, tokens=0)
                 for op, p in plan["problems"].items():
-                    step = next(s for s in p["per_batch"] if s["batch"] == batch)
-                    est.tokens = step["tokens"] if p["layers"] > 1 else est.tokens or step["tokens"]
+                    step = next((s for s in p["per_batch"] if s["batch"] == batch), None)
+                    if step is None:
+                        est.missing.append(op)
+                        continue
+                    head = _is_head(p)
+                    est.tokens = est.tokens or step["tokens"] if head else step["tokens"]
                     key = Problem.make(p["kernel"], step["shape"], precision).key
                     r = index.get((device, precision, key))
                     if r is None:
                         est.missing.append(op)
                         continue
                     seconds = r.time_s * p["count_per_layer"]
-                    if p["layers"] == 1:
+                    if head:
                         est.lm_head_s += seconds
-                    else:
-                        est.ops[op] = seconds
-                        est.layers = p["layers"]
+                    else:  # averaged over all layers: an MoE model's dense and MoE layers run different ops
+                        est.layers = total_layers or p["layers"]
+                        est.ops[op] = seconds * p["layers"] / est.layers
                     calls = p["count_per_layer"] * p["layers"]
                     est.energy_j = (
                         est.energy_j + r.energy_j * calls if est.energy_j is not None and r.energy_j else None
