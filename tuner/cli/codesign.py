@@ -16,12 +16,26 @@ from rich.table import Table
 @clean_errors
 def plan(
     model_config: Annotated[Path, typer.Argument(metavar="MODEL_CONFIG.json", help="a Hugging Face config.json")],
-    batch: Annotated[list[int], typer.Option("--batch", help="batch size (repeat the flag)")] = [1, 16, 64],  # noqa: B006
+    batch: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--batch",
+            help="batch size (repeat the flag). Default: 1, 16 and 64, and for an MoE model's fused_moe spec also "
+            "vLLM's 18 tuning sizes 1..4096 (the M keys of the servers' config files); --batch replaces both",
+        ),
+    ] = None,
     precision: Annotated[list[str], typer.Option("--precision", help="repeat for several")] = ["bf16"],  # noqa: B006
     hardware: Annotated[list[str], typer.Option("--hardware", help="GPU kinds to compare (repeat)")] = [],  # noqa: B006
     trials: Annotated[int, typer.Option(min=1, help="trial budget per problem")] = 50,
     seq_len: Annotated[int, typer.Option("--seq-len", min=1, help="KV length (decode) or prompt length")] = 2048,
     phase: Annotated[str, typer.Option(help="decode | prefill")] = "decode",
+    tp: Annotated[int, typer.Option("--tp", min=1, max=1024, help="tensor-parallel ranks (vLLM's sharding)")] = 1,
+    ep: Annotated[
+        int,
+        typer.Option(
+            "--ep", min=1, max=1024, help="expert-parallel ranks: E/ep whole experts per rank (vLLM's EP = TP x DP)"
+        ),
+    ] = 1,
     name: Annotated[str | None, typer.Option(help="job name prefix (default: the config file's name)")] = None,
     serving_p99_ms: Annotated[
         int | None, typer.Option("--serving-p99-ms", min=1, help="also a serving-level job under this p99 budget")
@@ -30,13 +44,14 @@ def plan(
         "cotune-plan"
     ),
 ) -> None:
-    """Write job specs for every GEMM, attention and MoE problem of one decoder layer and the LM head."""
+    """Write job specs for every GEMM, attention and fused-MoE problem of one forward pass on one rank."""
     from cotune.tuner.codesign.plan import write_plan
+    from cotune.tuner.codesign.sharding import Parallelism
 
     paths = write_plan(
         model_config,
         output,
-        batch,
+        batch or None,
         precision,
         hardware,
         trials,
@@ -44,12 +59,20 @@ def plan(
         name=name,
         phase=phase,  # type: ignore[arg-type]
         serving_p99_ms=serving_p99_ms,
+        parallel=Parallelism(tp=tp, ep=ep),
     )
     manifest = json.loads((output / "plan.json").read_text())
     for p in paths:
         out.print(f"wrote {p}")
+    layers = manifest["layers"]
+    split = f" ({layers['dense']} dense, {layers['moe']} MoE)" if layers["moe"] else ""
+    out.print(f"{manifest['config']['family']}: {layers['all']} layers{split}; per rank of tp {tp}, ep {ep}")
+    if "moe_batches" in manifest:
+        out.print(f"fused_moe M: {', '.join(map(str, manifest['moe_batches']))}", highlight=False)
     for skip in manifest.get("skipped", []):
         out.print(f"[yellow]skipped {skip['kernel']}[/yellow] ({', '.join(skip['problems'])}): {skip['reason']}")
+    for item in manifest["not_modelled"]:
+        out.print(f"not modelled: {item}", highlight=False)
     specs = [p for p in paths if p.suffix == ".yaml"]
     if specs:
         out.print(f"next: cotune tune {specs[0]}  (or cotune submit {specs[0]} --hardware <gpu>)")

@@ -138,6 +138,11 @@ def results_from_exports(exports: Sequence[dict[str, Any]]) -> list[Result]:
     return out
 
 
+def _is_head(problem: dict[str, Any]) -> bool:
+    """The LM head runs once per forward pass; plans written before ``scope`` existed marked it with layers 1."""
+    return problem.get("scope", "head" if problem["layers"] == 1 else "all") == "head"
+
+
 def estimate_layers(results: Sequence[Result], plan: dict[str, Any]) -> list[LayerEstimate]:
     """Per device, precision and batch: the forward step rebuilt from the plan's operations, each tuned time
     times how often the step runs it (count per layer x layers)."""
@@ -150,6 +155,7 @@ def estimate_layers(results: Sequence[Result], plan: dict[str, Any]) -> list[Lay
                 for op, p in plan["problems"].items():
                     step = next((s for s in p["per_batch"] if s["batch"] == batch), None)
                     if step is None:
+                        est.missing.append(op)
                         continue
                     est.tokens = max(est.tokens, step["tokens"])
                     key = Problem.make(p["kernel"], step["shape"], precision).key
@@ -158,7 +164,7 @@ def estimate_layers(results: Sequence[Result], plan: dict[str, Any]) -> list[Lay
                         est.missing.append(op)
                         continue
                     calls = p["count_per_layer"] * p["layers"]
-                    if op == "lm_head":  # shown apart; every op counts in the step time
+                    if _is_head(p):  # shown apart; every op counts in the step time
                         est.lm_head_s += r.time_s * calls
                     else:
                         est.ops[op] = r.time_s * calls
