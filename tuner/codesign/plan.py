@@ -104,6 +104,10 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+# Trials without a 1 % gain after which a batch size between two tuned neighbours that share a winner stops.
+TABLE_PATIENCE = 8
+
+
 def _spec_yaml(
     spec_name: str, kernel: str, groups: list[_Group], precisions: list[str], trials: int, header: list[str]
 ) -> str:
@@ -114,7 +118,11 @@ def _spec_yaml(
         dims = {plan.batch_dim: sorted(g.batch_values), **g.fixed}
         lines.append(f"  - {_flow(dims)}  # {', '.join(g.names)}")
     lines.append(f"precisions: [{', '.join(precisions)}]")
-    lines.append(f"budget: {{trials: {trials}}}")
+    if kernel == FUSED_MOE and any(len(g.batch_values) > 2 for g in groups):
+        # a server's config file is a table over batch sizes: tune it as one (see budget.table_patience)
+        lines.append(f"budget: {{trials: {trials}, table_patience: {TABLE_PATIENCE}}}")
+    else:
+        lines.append(f"budget: {{trials: {trials}}}")
     return "\n".join(lines) + "\n"
 
 
