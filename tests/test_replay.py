@@ -289,8 +289,8 @@ def test_a_related_recording_is_modelled_not_measured(tmp_path):
     assert len(data.records) == 15
     runs = [
         (
-            replay(data, sampler="cotune", budget=8, seed=s),
-            replay(data, sampler="cotune", budget=8, seed=s, related=[data]),
+            replay(data, sampler="cotune", budget=14, seed=s),
+            replay(data, sampler="cotune", budget=14, seed=s, related=[data]),
         )
         for s in range(4)
     ]
