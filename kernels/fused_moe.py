@@ -20,6 +20,7 @@ import math
 import os
 import warnings
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -241,6 +242,17 @@ def references(problem: Problem, inputs: MoEInputs) -> tuple[torch.Tensor, torch
     return ref, ref32
 
 
+@lru_cache(maxsize=1)
+def prepared(problem: Problem, device: str) -> tuple[MoEInputs, torch.Tensor, torch.Tensor]:
+    """(inputs, reference, fp32 reference) on ``device``, kept for the next config of the same problem: a
+    candidate process measures many configs of one problem in a row, and for a real layer making the
+    weights and the references costs more than timing a config. The layer never writes to them."""
+    import torch
+
+    inputs = make_inputs(problem, torch.device(device))
+    return (inputs, *references(problem, inputs))
+
+
 def _interpreted_layer() -> ModuleType:
     """The layer's module under Triton's interpreter; TRITON_INTERPRET is read when it is first imported."""
     os.environ["TRITON_INTERPRET"] = "1"
@@ -324,18 +336,20 @@ class FusedMoE(Kernel):
         return triton_toolchain()
 
     def precompile(self, problem: Problem, config: Config, device: DeviceProfile) -> None:
-        """Compile both GEMMs into Triton's cache by running the layer once on small inputs of the problem's
-        weight shapes (a compile specialises on dtypes, constexprs and alignment, not on M). Nothing on the CPU,
-        where the interpreter compiles nothing."""
+        """Compile both GEMMs into Triton's on-disk cache by running the layer once on the problem's own inputs:
+        Triton specialises a compile on integer arguments (a count that is 1 or a multiple of 16), so a
+        smaller stand-in could compile programs the timed call never uses. Nothing on the CPU, where the
+        interpreter compiles nothing."""
         if device.kind != "cuda":
             return
         gpu = cuda_device()
         from cotune.kernels.triton_jit.fused_moe import FusedMoELayer
 
-        small = Problem.make(self.name, {**problem.dims, "M": min(problem.dims["M"], 16)}, problem.dtype)
         try:
-            inputs = make_inputs(small, gpu)
-            FusedMoELayer(inputs.x, inputs.logits, inputs.weights, inputs.topk, config.values)()
+            inputs, _, _ = prepared(problem, str(gpu))
+            self._layer(FusedMoELayer, inputs, config)()
+        except CandidateError:
+            raise
         except Exception as exc:  # noqa: BLE001 - every compiler error is this config's COMPILE failure
             raise compile_failure(exc) from exc
 
@@ -351,8 +365,7 @@ class FusedMoE(Kernel):
         gpu = cuda_device()  # before importing Triton: no GPU is a clear failure, not a driver error
         from cotune.kernels.triton_jit.fused_moe import FusedMoELayer
 
-        inputs = make_inputs(problem, gpu)
-        ref, ref32 = references(problem, inputs)
+        inputs, ref, ref32 = prepared(problem, str(gpu))
         layer = self._layer(FusedMoELayer, inputs, config)
         return measure_on_gpu(
             layer, ref, kernel=self, problem=problem, device=device, bench=bench, fp32_reference=ref32
@@ -366,14 +379,12 @@ class FusedMoE(Kernel):
             raise CandidateError(FailureKind.RUNTIME, f"fused_moe: {exc}") from None
 
     def _measure_interpreted(self, problem: Problem, config: Config, bench: BenchSettings) -> Measurement:
-        import torch
         from cotune.kernels.timing import time_calls
         from cotune.kernels.verify import check, max_rel_error
 
         layer_module = _interpreted_layer()
         warnings.warn(CPU_TIMING_NOTE, stacklevel=2)
-        inputs = make_inputs(problem, torch.device("cpu"))
-        ref, ref32 = references(problem, inputs)
+        inputs, ref, ref32 = prepared(problem, "cpu")
         layer = self._layer(layer_module.FusedMoELayer, inputs, config)
         try:
             out = layer().float().numpy()
