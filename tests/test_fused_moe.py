@@ -5,6 +5,8 @@ it measures on the CPU through the interpreter and on a GPU."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from cotune.kernels.fused_moe import FusedMoE, make_inputs, references
@@ -147,6 +149,10 @@ def test_bad_input_is_one_clear_line() -> None:
         FusedMoELayer(x.x, x.logits, x.weights, 4, _config(16, 32, 64, 1, 4, 2))
     with pytest.raises(ValueError, match="topk=0 must be between 1 and the number of experts"):
         route(x.logits, 0)
+    fp8 = make_inputs(_problem("fp8", M=4, E=3, H=64, I=32, topk=2), CPU)
+    unscaled = dataclasses.replace(fp8.weights, a2_scale=None)
+    with pytest.raises(ValueError, match="fp8 weights need a2_scale"):
+        FusedMoELayer(fp8.x, fp8.logits, unscaled, 2, _config(16, 32, 64, 1, 4, 2))
 
     kernel, config = FusedMoE(), Config.make(_config(16, 128, 128, 1, 4, 2))
     for problem, message, pruned in (

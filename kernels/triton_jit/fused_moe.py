@@ -279,6 +279,13 @@ class FusedMoELayer:
         if not 1 <= topk <= e:
             raise ValueError(f"topk={topk} must be between 1 and E={e}")
         p, inter, dev = weights.precision, two_i // 2, x.device
+        weight_scales = ("w1_scale", "w2_scale")
+        scales = {TENSOR_SCALES: (*weight_scales, "a1_scale", "a2_scale"), BLOCK_SCALES: weight_scales}
+        absent = [name for name in scales.get(scale_mode(p), ()) if getattr(weights, name) is None]
+        if absent:
+            raise ValueError(f"{p.value} weights need {', '.join(absent)}")
+        if scale_mode(p) == BLOCK_SCALES and (h % QUANT_GROUP or inter % QUANT_GROUP):
+            raise ValueError(f"{p.value} needs H and I multiples of {QUANT_GROUP}, got H={h}, I={inter}")
         self.x, self.logits, self.weights, self.precision = x, logits, weights, p
         self.topk_weights = torch.empty(m, topk, dtype=torch.float32, device=dev)
         self.topk_ids = torch.empty(m, topk, dtype=torch.int32, device=dev)
