@@ -53,10 +53,10 @@ CPU_TIMING_NOTE = (
 )
 
 
-def launch_block_k(config: Config, problem: Problem) -> int:
-    """BLOCK_SIZE_K as launched: vLLM caps it at the 128 block on the block-quantised path."""
-    bk = int(config["BLOCK_SIZE_K"])
-    return min(bk, BLOCK) if problem.dtype is Precision.FP8_BLOCK128 else bk
+def launch_block_k(block_k: int, precision: Precision) -> int:
+    """BLOCK_SIZE_K as launched: the block path applies one activation and one weight scale per K step, so
+    vLLM's ``invoke_fused_moe_kernel`` caps it at the 128 block there."""
+    return min(block_k, BLOCK) if precision is Precision.FP8_BLOCK128 else block_k
 
 
 def smem_bytes(config: Config, problem: Problem) -> int:
@@ -68,7 +68,7 @@ def smem_bytes(config: Config, problem: Problem) -> int:
     buffers, and a 16-row tile is pipelined one stage less.
     """
     bm, bn = int(config["BLOCK_SIZE_M"]), int(config["BLOCK_SIZE_N"])
-    bk, stages = launch_block_k(config, problem), int(config["num_stages"])
+    bk, stages = launch_block_k(int(config["BLOCK_SIZE_K"]), problem.dtype), int(config["num_stages"])
     tiles = stages * (bm * bk + bk * bn) * problem.dtype.itemsize
     scales = stages * (bm + bn) * 4 if problem.dtype is Precision.FP8_BLOCK128 else 0
     return tiles + scales
@@ -312,7 +312,7 @@ class FusedMoE(Kernel):
         count orders the programs the same way (as for triton_matmul), and on the block path vLLM launches
         BLOCK_SIZE_K 256 as 128 (:func:`launch_block_k`)."""
         values = dict(config.values)
-        values["BLOCK_SIZE_K"] = launch_block_k(config, problem)
+        values["BLOCK_SIZE_K"] = launch_block_k(int(config["BLOCK_SIZE_K"]), problem.dtype)
         rows = _grid_rows(problem, int(config["BLOCK_SIZE_M"]))
         values["GROUP_SIZE_M"] = min(int(config["GROUP_SIZE_M"]), rows)
         return Config.make(values).key

@@ -75,7 +75,7 @@ def _check(configs_by_gemm: dict[int, list[dict[str, int]]]) -> None:
                 for cfg in configs:
                     if precision == "fp8_block128" and (cfg["BLOCK_SIZE_N"] % 128 or cfg["BLOCK_SIZE_K"] % 128):
                         continue  # outside the block path's space
-                    launched = {**cfg, "BLOCK_SIZE_K": launch_block_k(Config.make(cfg), problem)}
+                    launched = {**cfg, "BLOCK_SIZE_K": launch_block_k(cfg["BLOCK_SIZE_K"], problem.dtype)}
                     cases.append((cc, precision, gemm, cfg, launched, problem))
     literal = [(cc, *_TRITON_TYPES[p], gemm, launched) for cc, p, gemm, _, launched, _ in cases]
     shared = compile_in_subprocess(f"CASES = {literal!r}\n{_COMPILE}", timeout=900)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from cotune.kernels.fused_moe import launch_block_k
 from cotune.kernels.triton_jit.fused_moe_ops import (
     FP8,
     QUANT_GROUP,
@@ -41,13 +42,6 @@ NO_SCALES, TENSOR_SCALES, BLOCK_SCALES = 0, 1, 2
 
 def scale_mode(precision: Precision) -> int:
     return {Precision.FP8: TENSOR_SCALES, Precision.FP8_BLOCK128: BLOCK_SCALES}.get(precision, NO_SCALES)
-
-
-def launch_block_k(config: Mapping[str, int], precision: Precision) -> int:
-    """BLOCK_SIZE_K as launched: the block path applies one activation and one weight scale per K step, so
-    vLLM's ``invoke_fused_moe_kernel`` caps it at the quantisation block (128)."""
-    bk = int(config["BLOCK_SIZE_K"])
-    return min(bk, QUANT_GROUP) if precision is Precision.FP8_BLOCK128 else bk
 
 
 @triton.jit
@@ -224,7 +218,7 @@ def gemm_launch(
     kwargs = {
         "BLOCK_SIZE_M": bm,
         "BLOCK_SIZE_N": bn,
-        "BLOCK_SIZE_K": launch_block_k(config, precision),
+        "BLOCK_SIZE_K": launch_block_k(int(config["BLOCK_SIZE_K"]), precision),
         "GROUP_SIZE_M": int(config["GROUP_SIZE_M"]),
         "top_k": top_k,
         "MUL_ROUTED_WEIGHT": topk_weights is not None,

@@ -21,10 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from cotune.kernels.fused_moe import BLOCK
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 FP8 = torch.float8_e4m3fn
-QUANT_GROUP = 128  # the block of fp8_block128: weight blocks 128 x 128, activation groups of 128 along K
+QUANT_GROUP = BLOCK  # fp8_block128: weight blocks of 128 x 128, activation groups of 128 along K
 _EPS = 1e-10  # vLLM's floor on a group's absolute maximum, so an all-zero group gets a finite scale
 
 
