@@ -14,6 +14,14 @@ compiler that keys on the shape simply compiles again when measuring. Each measu
 ``<stem>.jsonl`` as it is made, so a run cut off by ``--time-limit-s`` (or killed) loses nothing and the
 next run resumes; the ``.json.gz`` cache of a problem is written only once all its configs are measured,
 because a config missing from a Kernel Tuner cache means "outside the space".
+
+A kernel's baselines (``Kernel.baselines``: for fused_moe, vLLM's default config and the entry of the file
+vLLM ships for the shape) are measured too, after the grid, and written under ``baselines`` in the cache
+(name -> config and time), so that offline replay can compare a tuned table with them. They may lie
+outside the space, which is why they are kept out of ``cache``. Kernels without baselines record as before.
+
+    python bench/record_cache.py --kernel fused_moe --precision bf16 --problem M=16,E=8,H=4096,I=7168,topk=2 \
+        --bench cuda_graph=true --out-dir bench/results/replay_h100
 """
 
 from __future__ import annotations
@@ -81,16 +89,28 @@ def kernel_tuner_marker(kind: FailureKind) -> str:
 class Recording:
     """One problem's JSONL log (resumable) and the Kernel Tuner cache made from it."""
 
-    def __init__(self, problem: Problem, configs: list[Config], device: DeviceProfile, out_dir: Path) -> None:
+    def __init__(
+        self,
+        problem: Problem,
+        configs: list[Config],
+        device: DeviceProfile,
+        out_dir: Path,
+        baselines: dict[str, Config] | None = None,
+    ) -> None:
         self.problem, self.configs, self.device = problem, configs, device
+        self.baselines = baselines or {}
         self.log = out_dir / f"{stem(problem, device)}.jsonl"
         self.cache_path = out_dir / f"{stem(problem, device)}.json.gz"
         self.done: dict[str, dict] = {}
+        self.done_baselines: dict[str, dict] = {}
         if self.log.exists():
             for line in self.log.read_text().splitlines():
                 if line.strip():
                     row = json.loads(line)
-                    self.done[row["key"]] = row
+                    if "baseline" in row:
+                        self.done_baselines[row["baseline"]] = row
+                    else:
+                        self.done[row["key"]] = row
 
     def add(self, config: Config, time_ms: float | str, compile_ms: float, bench_ms: float, **extra: object) -> None:
         row = {"key": config.key, "config": config.values, "time": time_ms, "compile_time": compile_ms,
@@ -99,9 +119,16 @@ class Recording:
         with self.log.open("a") as f:
             f.write(json.dumps(row) + "\n")
 
+    def add_baseline(self, name: str, config: Config, time_ms: float | str, bench_ms: float, **extra: object) -> None:
+        row = {"baseline": name, "key": config.key, "config": config.values, "time": time_ms,
+               "benchmark_time": bench_ms, **extra}  # fmt: skip
+        self.done_baselines[name] = row
+        with self.log.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
     @property
     def complete(self) -> bool:
-        return all(c.key in self.done for c in self.configs)
+        return all(c.key in self.done for c in self.configs) and all(n in self.done_baselines for n in self.baselines)
 
     def write_cache(self, keys: list[str], values: dict[str, list], meta: dict) -> None:
         cache = {}
@@ -126,8 +153,32 @@ class Recording:
             "tune_params": values,
             "cache": cache,
         }
+        if self.baselines:
+            rows = {name: self.done_baselines[name] for name in self.baselines}
+            data["baselines"] = {
+                name: {k: row[k] for k in ("config", "time", "failure") if k in row} for name, row in rows.items()
+            }
         with gzip.open(self.cache_path, "wt") as f:
             json.dump(data, f)
+
+
+def measure_baselines(rec: Recording, runner: CandidateRunner, bench, time_limit_s: float | None, t0: float) -> bool:  # noqa: ANN001
+    """Measure the recording's baselines not yet in its log; True when the time limit stopped it."""
+    for name, config in rec.baselines.items():
+        if name in rec.done_baselines:
+            continue
+        if time_limit_s is not None and time.monotonic() - t0 > time_limit_s:
+            return True
+        start = time.perf_counter()
+        out = runner.run(Request(rec.problem, config, rec.device, bench))
+        bench_ms = (time.perf_counter() - start) * 1e3
+        if isinstance(out, Failure):
+            rec.add_baseline(name, config, kernel_tuner_marker(out.kind), bench_ms, failure=str(out))
+        else:
+            rec.add_baseline(name, config, out.median_s * 1e3, bench_ms, repeats=len(out.times_s),
+                             spread=round(out.spread, 4), max_rel_error=out.max_rel_error)  # fmt: skip
+        print(f"  {stem(rec.problem, rec.device)}: baseline {name} {rec.done_baselines[name]['time']}", flush=True)
+    return False
 
 
 def main() -> None:
@@ -164,7 +215,7 @@ def main() -> None:
     for text in args.problem:
         problem = Problem.make(kernel.name, parse_problem(text), args.precision)
         feasible = [c for c in space.feasible_points(problem, device) if all(c.values[k] in values[k] for k in keys)]
-        recordings.append(Recording(problem, feasible, device, args.out_dir))
+        recordings.append(Recording(problem, feasible, device, args.out_dir, kernel.baselines(problem, device)))
         print(f"{stem(problem, device)}: {len(feasible)} feasible configs, {len(recordings[-1].done)} already measured")
 
     # Each config is compiled once, for the first problem that needs it, in the background; measuring goes
@@ -204,6 +255,9 @@ def main() -> None:
                           flush=True)  # fmt: skip
             if stopped:
                 break
+            stopped = measure_baselines(rec, runner, bench, args.time_limit_s, t0)
+            if stopped:
+                break
     pool.shutdown(wait=False, cancel_futures=True)
 
     meta = {
@@ -218,6 +272,8 @@ def main() -> None:
     for rec in recordings:
         ok = [r["time"] for r in rec.done.values() if not isinstance(r["time"], str)]
         status = f"{len(rec.done)}/{len(rec.configs)} measured, {len(rec.done) - len(ok)} failed"
+        if rec.baselines:
+            status += f", baselines {len(rec.done_baselines)}/{len(rec.baselines)}"
         if rec.complete:
             rec.write_cache(keys, values, meta)
             status += f", optimum {min(ok):.4f} ms -> {rec.cache_path}"

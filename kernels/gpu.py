@@ -21,6 +21,7 @@ TOLERANCE: dict[Precision, float] = {
     Precision.FP16: 1e-2,
     Precision.BF16: 3e-2,
     Precision.FP8: 3e-2,
+    Precision.FP8_BLOCK128: 3e-2,
 }
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
@@ -44,6 +45,7 @@ def input_dtype(precision: Precision) -> torch.dtype:
         Precision.FP16: torch.float16,
         Precision.BF16: torch.bfloat16,
         Precision.FP8: torch.float8_e4m3fn,
+        Precision.FP8_BLOCK128: torch.float8_e4m3fn,
     }[precision]
 
 
@@ -51,7 +53,7 @@ def output_dtype(precision: Precision) -> torch.dtype:
     """fp8 GEMMs write bf16, as the fp8 paths of vLLM and SGLang do; the rest write their input type."""
     import torch
 
-    return torch.bfloat16 if precision is Precision.FP8 else input_dtype(precision)
+    return torch.bfloat16 if precision.is_fp8 else input_dtype(precision)
 
 
 def quantize_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,7 +71,7 @@ def make_operand(shape: tuple[int, ...], precision: Precision, device: torch.dev
 
     gen = torch.Generator(device=device).manual_seed(seed)
     x = torch.randn(shape, generator=gen, device=device, dtype=torch.float32)
-    return x if precision is Precision.FP8 else x.to(input_dtype(precision))
+    return x if precision.is_fp8 else x.to(input_dtype(precision))
 
 
 def measure_on_gpu(

@@ -22,8 +22,8 @@ def precision_supported(config: Config, problem: Problem, device: DeviceProfile)
     cc = device.compute_capability
     if cc is None:
         return None
-    if problem.dtype is Precision.FP8 and not device.supports_fp8:
-        return f"fp8 needs compute capability 8.9 or newer; {device.name} is {cc[0]}.{cc[1]}"
+    if problem.dtype.is_fp8 and not device.supports_fp8:
+        return f"{problem.dtype.value} needs compute capability 8.9 or newer; {device.name} is {cc[0]}.{cc[1]}"
     if problem.dtype in (Precision.BF16, Precision.TF32) and tuple(cc) < (8, 0):
         return f"{problem.dtype.value} needs compute capability 8.0 or newer; {device.name} is {cc[0]}.{cc[1]}"
     return None

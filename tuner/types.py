@@ -17,12 +17,20 @@ class Precision(enum.StrEnum):
     TF32 = "tf32"
     FP16 = "fp16"
     BF16 = "bf16"
-    FP8 = "fp8"
+    FP8 = "fp8"  # e4m3 with per-tensor scales (vLLM's fp8_w8a8: one activation scale, one weight scale per expert)
+    # e4m3 with block scales (vLLM's fp8_w8a8 with block_shape [128, 128], DeepSeek-V3 and the Qwen3 FP8
+    # checkpoints): a weight scale per 128 x 128 block, an activation scale per token and group of 128 along K
+    FP8_BLOCK128 = "fp8_block128"
 
     @property
     def itemsize(self) -> int:
         """Bytes per element in memory (tf32 is fp32 storage with reduced-precision math)."""
-        return {Precision.FP8: 1, Precision.FP16: 2, Precision.BF16: 2}.get(self, 4)
+        return {Precision.FP8: 1, Precision.FP8_BLOCK128: 1, Precision.FP16: 2, Precision.BF16: 2}.get(self, 4)
+
+    @property
+    def is_fp8(self) -> bool:
+        """e4m3 operands, whatever the scale granularity: needs fp8 tensor cores (compute capability 8.9+)."""
+        return self in (Precision.FP8, Precision.FP8_BLOCK128)
 
 
 class Objective(enum.StrEnum):

@@ -103,6 +103,18 @@ class Kernel(ABC):
         itself. Override only where the kernel's code makes two configs compute identically."""
         return config.key
 
+    def baselines(self, problem: Problem, device: DeviceProfile) -> dict[str, Config]:
+        """Configs a serving engineer compares a tuned winner with, by name (for example the config a server
+        falls back to without a tuned file, or the one its shipped file gives for this shape).
+
+        The driver measures them beside the winner, on the same device and with the same settings, so a
+        report can show tuned against each. A baseline may lie outside the search space (a server's default
+        need not be a grid point): :meth:`measure` must accept it wherever it is a valid config for the
+        kernel. A name is absent when the kernel has no such config for this problem and device (no shipped
+        file for the shape); never a placeholder. Must not touch the device (it runs wherever the driver
+        plans). Default: no baselines."""
+        return {}
+
     @cached_property
     def source_hash(self) -> str:
         h = hashlib.sha256()

@@ -15,6 +15,7 @@ KERNELS: dict[str, str] = {
     "triton_matmul": "cotune.kernels.triton_matmul:TritonMatmul",
     "cuda_gemm": "cotune.kernels.cuda_gemm.kernel:CudaGemm",
     "triton_moe": "cotune.kernels.triton_moe:TritonMoE",
+    "fused_moe": "cotune.kernels.fused_moe:FusedMoE",
     "triton_attention": "cotune.kernels.triton_attention:TritonAttention",
     "torch_decoder": "cotune.kernels.torch_decoder:TorchDecoder",
     "torch_linear": "cotune.kernels.torch_linear:TorchLinear",
