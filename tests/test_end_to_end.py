@@ -173,3 +173,18 @@ def test_mlflow_runs_page_shows_each_problem_by_its_own_name(job, tmp_path):
     finally:
         server.stop()
     assert not blank(shot)
+
+
+def test_a_problem_no_config_fits_is_reported_with_why_not_a_traceback(tmp_path):
+    """topk 4 of 2 experts: every config of the space breaks topk <= E; the job ends, measuring nothing,
+    and says which constraint ruled the configs out."""
+    spec = (
+        "name: none-fit\nkernel: fused_moe\nproblems:\n  - {M: 1, E: 2, H: 64, I: 32, topk: 4}\n"
+        "precisions: [bf16]\nbudget: {trials: 3}\n"
+    )
+    (tmp_path / "spec.yaml").write_text(spec)
+    proc = cotune("tune", "spec.yaml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "no config of the space is feasible for fused_moe:E=2,H=64,I=32,M=1,topk=4:bf16" in proc.stdout
+    assert "ruled out by topk <= E (1920 of 1920)" in proc.stdout

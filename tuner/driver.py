@@ -52,6 +52,7 @@ class StudyOutcome:
     best: BestLog | None
     mlflow_run_id: str | None
     search: dict[str, int | None] | None = None  # StudySession.search_cost(): spent against exhaustive
+    infeasible: str | None = None  # why nothing could be measured, when no config of the space fits
 
 
 def study_name(job: str, problem: Problem, device: DeviceProfile) -> str:
@@ -108,6 +109,20 @@ def feasible_programs(
     return programs
 
 
+def why_infeasible(space: SearchSpace, problem: Problem, device: DeviceProfile) -> str:
+    """Why no config of the space is feasible for the problem on the device: the constraints that rule
+    configs out, most first, with how many each rules out."""
+    from collections import Counter
+
+    reasons: Counter[str] = Counter()
+    for config in space.points():
+        reason = space.violation(config, problem, device)
+        if reason:
+            reasons[reason.split(" (")[0].split(":")[0]] += 1
+    top = ", ".join(f"{name} ({n} of {space.size})" for name, n in reasons.most_common(3))
+    return f"no config of the space is feasible for {problem.key} on {device.name}: ruled out by {top}"
+
+
 def job_space(spec: JobSpec, kernel: Kernel) -> SearchSpace:
     if spec.search_space:
         return load_space(spec.search_space, predicates=kernel.predicates, shape_dims=kernel.shape_dims)
@@ -149,8 +164,12 @@ class StudySession:
         # one config per program: the sampler never proposes a copy of another
         feasible = None if programs is None else list(programs.values())
         self._programs: set[str] | None = None if programs is None else set(programs)
+        # why no config of the space can run this problem here; None while any can
+        self.infeasible: str | None = None if programs != {} else why_infeasible(space, problem, device)
         # the cotune sampler models one objective; Optuna's TPE handles a Pareto front
         sampler_name = "tpe" if spec.objective.multi and spec.sampler.name == "cotune" else spec.sampler.name
+        if self.infeasible:
+            sampler_name, feasible = "random", None  # it is never asked: the budget is zero
         related = []
         if spec.sampler.transfer_model and sampler_name == "cotune" and feasible is not None:
             maximize = directions(spec.objective) == ["maximize"]
@@ -386,6 +405,10 @@ class StudySession:
             if self.kernel.program_key(self.problem, config) == winner:
                 out[name] = {"config": config.values, "measurement": best.remeasured.to_json(), "is_winner": True}
                 continue
+            reason = self.space.violation(config, self.problem, self.device)  # off the grid is fine, not this
+            if reason:
+                out[name] = {"config": config.values, "failure": f"infeasible here: {reason}"}
+                continue
             result = self.objective.measure(config, bench)
             if result.measurement is not None:
                 out[name] = {"config": config.values, "measurement": result.measurement.to_json()}
@@ -432,6 +455,7 @@ def _tune_problem(session: StudySession, on_progress, precompiler: Precompiler |
         best,
         session.run_id,
         session.study.user_attrs.get("search"),
+        session.infeasible,
     )
 
 

@@ -112,6 +112,9 @@ def tune(
     out.print(table)
     for o in outcomes:
         out.print(f"best {o.problem.key}: {_fmt_config(o.best.config.values) if o.best else '-'}", highlight=False)
+    for o in outcomes:
+        if o.infeasible:
+            out.print(f"[yellow]{o.infeasible}[/yellow]", highlight=False)
     if job.accuracy_bound is not None:
         _print_precision_choice(job.accuracy_bound, outcomes, job.objective)
     _print_table_costs(outcomes, kernel.batch_dim)

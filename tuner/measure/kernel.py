@@ -89,14 +89,6 @@ class Kernel(ABC):
         does not compile. Kernels that compile nothing ahead keep this no-op."""
         return None
 
-    def baselines(self, problem: Problem, device: DeviceProfile) -> dict[str, Config]:
-        """Configs a serving engineer compares the tuned winner with, by name: a server's default rule, the
-        table a server ships for this shape. They may lie outside the search space (a default the grid does
-        not hold), so they are measured as they are, never screened by the space's constraints. A study
-        re-measures each beside its winner when it finishes, and the export and the report show the winner
-        against them. Default: none."""
-        return {}
-
     def program_key(self, problem: Problem, config: Config) -> str:
         """Equal for configs that run the same program on this problem, so a study measures one of them and
         gives the others its result instead of spending GPU time and budget on a copy. Default: the config
