@@ -93,6 +93,8 @@ def tune(
     )
     with trial_progress(job.objective.value) as on_progress:
         outcomes = tune_job(job, settings.storage, device, tracker, on_progress)
+    order = {p.key: i for i, p in enumerate(job.expand())}  # a table is tuned out of order; shown in order
+    outcomes.sort(key=lambda o: order[o.problem.key])
     # Configs go under the table, one line each: as a column they wrap into unreadable cells at 80 columns.
     table = Table(title=f"{job.name}: re-measured winners", caption=SPREAD_LEGEND, caption_justify="left")
     energy = job.objective.uses_energy
