@@ -28,13 +28,14 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import argparse
 import glob
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
 
 from cotune.tuner.measure.registry import get_kernel
 from cotune.tuner.search.replay import Record, ReplayData, load_recording, replay
-from cotune.tuner.search.transfer import MAX_RELATED, table_order
+from cotune.tuner.search.transfer import MAX_RELATED, TABLE_AGREEMENT, table_order
 from cotune.tuner.types import Problem
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -67,27 +68,42 @@ def load_table(pattern: str) -> list[ReplayData]:
     return table
 
 
-def tune_table(table: list[ReplayData], budget: int, table_patience: int | None, seed: int) -> list[dict]:
-    """One replay of the whole table; ``table_patience`` None tunes each batch size alone (no transfer)."""
+MODES = ("alone", "transfer", "table")
+
+
+def tune_table(table: list[ReplayData], budget: int, table_patience: int, seed: int, mode: str) -> list[dict]:
+    """One replay of the whole table.
+
+    ``alone``: every batch size by itself, in M order, its whole budget (no transfer). ``transfer``: in M order,
+    each measuring first the winner of the nearest tuned batch size and modelling from the two nearest, its
+    whole budget (``cotune tune`` without table_patience). ``table``: bisection order, the winners of both tuned
+    neighbours first, and a batch size whose neighbours' winners time within 2 % of each other here stops
+    after ``table_patience`` evaluations without a 1 % gain (``budget.table_patience``).
+    """
     by_m = {d.problem["M"]: d for d in table}
-    problems = [Problem.make(d.kernel, d.problem, d.precision or "fp32") for d in table]
-    order = table_order(problems, get_kernel(table[0].kernel).batch_dim) if table_patience else problems
+    problems = sorted(
+        (Problem.make(d.kernel, d.problem, d.precision or "fp32") for d in table), key=lambda p: p.dims["M"]
+    )
+    order = table_order(problems, get_kernel(table[0].kernel).batch_dim) if mode == "table" else problems
     tuned: dict[int, tuple[list[tuple], tuple]] = {}  # M -> (evaluated points, best point)
     rows = []
     for problem in order:
         m = problem.dims["M"]
         data = by_m[m]
-        program = data.program_key()
-        priors, related, patience = [], [], None
-        if table_patience:
+        priors, related, patience, quiet = [], [], None, False
+        nearest = sorted(tuned, key=lambda t: (abs(math.log2(t) - math.log2(m)), t))
+        if mode == "transfer" and nearest:
+            priors = [dict(zip(data.keys, tuned[nearest[0]][1], strict=True))]
+        elif mode == "table":
             below = max((t for t in tuned if t < m), default=None)
             above = min((t for t in tuned if t > m), default=None)
             winners = [tuned[t][1] for t in (below, above) if t is not None]
             priors = [dict(zip(data.keys, w, strict=True)) for w in winners]
-            if len(winners) == 2 and program(winners[0]) == program(winners[1]):
-                patience = table_patience
-            nearest = sorted(tuned, key=lambda t: abs(t - m))[:MAX_RELATED]
-            related = [by_m[t].subset(tuned[t][0]) for t in nearest]
+            times = [data.records[w].time_ms for w in winners if w in data.records]
+            quiet = len(times) == 2 and None not in times and max(times) <= min(times) * (1 + TABLE_AGREEMENT)
+            patience = table_patience if quiet else None
+        if mode != "alone":
+            related = [by_m[t].subset(tuned[t][0]) for t in nearest[:MAX_RELATED]]
         result = replay(
             data,
             sampler="cotune",
@@ -107,7 +123,7 @@ def tune_table(table: list[ReplayData], budget: int, table_patience: int | None,
                 "evaluations": len(result.best_so_far),
                 "recorded": len(data.records),
                 "best_over_optimum": (min(ok)[0] / data.optimum) if ok else None,
-                "quiet": patience is not None,
+                "quiet": quiet,
             }
         )
     return sorted(rows, key=lambda r: r["M"])
@@ -151,10 +167,10 @@ def main() -> None:
         table = load_table(pattern)
         grid = get_kernel(table[0].kernel).space().size
         modes = {}
-        for label, patience in (("table", args.table_patience), ("alone", None)):
+        for label in MODES:
             runs = []
             for seed in range(args.seeds):
-                runs.append(tune_table(table, args.budget, patience, seed))
+                runs.append(tune_table(table, args.budget, args.table_patience, seed, label))
                 print(f"{pattern} {label} seed {seed}: {sum(r['evaluations'] for r in runs[-1])} evaluations",
                       file=sys.stderr, flush=True)  # fmt: skip
             modes[label] = summarise(runs, grid)

@@ -26,7 +26,7 @@ top_k: 1
 bench: {{warmup: 0, repeats: 2, remeasure_repeats: 2}}
 """
 A = {"LOOP_ORDER": "ikj", "TILE_K": 16, "TILE_M": 4, "TILE_N": 32, "UNROLL": 4}
-B = {"LOOP_ORDER": "ijk", "TILE_K": 8, "TILE_M": 4, "TILE_N": 16, "UNROLL": 1}
+SLOW = {"LOOP_ORDER": "kij", "TILE_K": 4, "TILE_M": 4, "TILE_N": 8, "UNROLL": 1}
 
 
 def test_bisection_order_tunes_every_middle_between_two_tuned_neighbours() -> None:
@@ -58,8 +58,10 @@ def _finished_study(url: str, cpu, m: int, config: dict) -> None:
         study.set_user_attr(key, value)
 
 
-@pytest.mark.parametrize(("below", "above", "agree"), [(A, A, True), (A, B, False)])
+@pytest.mark.parametrize(("below", "above", "agree"), [(A, A, True), (A, SLOW, False)])
 def test_a_row_between_agreeing_neighbours_gets_the_short_patience(tmp_path, cpu, below, above, agree) -> None:
+    """The neighbours' winners are measured first; one program (or two within 2 % of each other here) means
+    the table does not change at this batch size: the short patience. SLOW runs several times slower."""
     url = f"sqlite:///{tmp_path}/o.db"
     _finished_study(url, cpu, 4, below)
     _finished_study(url, cpu, 16, above)
@@ -70,7 +72,12 @@ def test_a_row_between_agreeing_neighbours_gets_the_short_patience(tmp_path, cpu
         name = study_name(spec.name, problem, cpu)
         session = StudySession(spec, kernel, job_space(spec, kernel), problem, cpu, url, runner, NullTracker(), name)
         first = session.settle_table_row(url)
-    assert [c.values for c in first] == ([A] if agree else [A, B])
+        assert [c.values for c in first] == ([A] if agree else [A, SLOW])
+        session.enqueue(first)
+        assert session.patience is None  # undecided until both are measured here
+        for _ in first:
+            session.step()
+        session.stalled()
     assert session.patience == (2 if agree else None)
     assert session.study.user_attrs["table_row"]["neighbours_agree"] is agree
 
@@ -85,9 +92,9 @@ def test_a_table_job_runs_in_bisection_order_and_records_what_it_spent(tmp_path,
         assert cost["evaluations"] == o.measured + o.failed <= 6 and cost["grid"] == 4116
         row = study.user_attrs["table_row"]
         if o.problem.dims["M"] in (4, 64):  # the ends: a neighbour on one side at most
-            assert row == {"neighbours_agree": False, "patience": None}
+            assert row == {"neighbours_agree": False}
         else:
-            assert row["patience"] == (2 if row["neighbours_agree"] else None)
+            assert row["patience"] == (2 if row["neighbours_agree"] else None) and row["gap"] >= 0
 
 
 def test_table_patience_is_refused_for_a_pareto_front() -> None:

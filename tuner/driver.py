@@ -21,7 +21,13 @@ from cotune.tuner.measure.registry import get_kernel
 from cotune.tuner.measure.trial_record import counted, fail_lost_trial, record, result_from_trial, tell
 from cotune.tuner.search.samplers import make_sampler
 from cotune.tuner.search.stopping import StallDetector
-from cotune.tuner.search.transfer import first_configs, neighbour_trials, table_neighbours, table_order
+from cotune.tuner.search.transfer import (
+    TABLE_AGREEMENT,
+    first_configs,
+    neighbour_trials,
+    table_neighbours,
+    table_order,
+)
 from cotune.tuner.space.search_space import SearchSpace, load_space
 from cotune.tuner.spec.job import JobSpec
 from cotune.tuner.store.studies import open_storage
@@ -217,6 +223,7 @@ class StudySession:
             space, problem, device, runner, bench, program_key=lambda config: kernel.program_key(problem, config)
         )
         self.patience = spec.budget.patience  # a table row between agreeing neighbours gets a shorter one
+        self._table_winners: list[Config] = []  # a table row's neighbours' winners, until both are measured
         self.precompiler: Precompiler | None = None
         self._ahead: deque = deque()  # trials asked ahead, their configs compiling in the precompiler
         self.refresh()
@@ -257,24 +264,36 @@ class StudySession:
 
     def settle_table_row(self, storage) -> list[Config]:  # noqa: ANN001 - an Optuna storage
         """For a batch size of a table (``budget.table_patience``): the winners of its tuned neighbours, to be
-        measured first. Where both neighbours run one program, the table does not change here, so this batch
-        size stops after ``table_patience`` trials without a 1 % gain instead of spending its whole budget."""
+        measured first. Once both are measured here (:meth:`_judge_table_row`), the row knows whether the table
+        still changes at this batch size."""
         below, above = table_neighbours(
             storage, self.problem, self.device, self.kernel.batch_dim, self.spec.objective.value
         )
         neighbours = [
             c for c in (below, above) if c is not None and self.space.violation(c, self.problem, self.device) is None
         ]
-        quiet = (
-            below is not None
-            and above is not None
-            and self.kernel.program_key(self.problem, below) == self.kernel.program_key(self.problem, above)
-        )
-        if quiet:
+        # a neighbour's winner that cannot run here means the table changes here
+        both = below is not None and above is not None and len(neighbours) == 2
+        self._table_winners = list(dict.fromkeys(neighbours)) if both else []
+        self.study.set_user_attr("table_row", {"neighbours_agree": None if self._table_winners else False})
+        return list(dict.fromkeys(neighbours))
+
+    def _judge_table_row(self) -> None:
+        """Where the two neighbours' winners, measured at this batch size, are within TABLE_AGREEMENT of each
+        other (or run one program), the table does not change here: this batch size stops after
+        ``table_patience`` evaluations without a 1 % gain instead of spending its whole budget. Where they
+        differ, it keeps its budget."""
+        measured = [self.objective.result_of(c) for c in self._table_winners]
+        if any(m is None for m in measured):
+            return  # not both measured yet
+        self._table_winners = []
+        times = [r.measurement.median_s for r in measured if r.measurement is not None]
+        agree = len(times) == len(measured) and max(times) <= min(times) * (1 + TABLE_AGREEMENT)
+        if agree:
             table = self.spec.budget.table_patience
             self.patience = min(self.patience, table) if self.patience else table
-        self.study.set_user_attr("table_row", {"neighbours_agree": quiet, "patience": self.patience})
-        return list(dict.fromkeys(neighbours))
+        gap = max(times) / min(times) - 1 if len(times) == len(measured) else None
+        self.study.set_user_attr("table_row", {"neighbours_agree": agree, "gap": gap, "patience": self.patience})
 
     def feasible_budget(self) -> int | None:
         budget = self.spec.budget.trials
@@ -360,6 +379,8 @@ class StudySession:
         from optuna.study import StudyDirection
         from optuna.trial import TrialState
 
+        if self._table_winners:
+            self._judge_table_row()
         if not self.patience:
             return False
         minimize = self.study.direction is StudyDirection.MINIMIZE

@@ -90,6 +90,11 @@ class TrialObjective:
         if result.duplicate_of is None and result.status is not TrialStatus.PRUNED:
             self._seen.setdefault(self.program_key(result.config), (number, result))
 
+    def result_of(self, config: Config) -> TrialResult | None:
+        """The result of the config's program, if it was measured (or failed) in this study."""
+        seen = self._seen.get(self.program_key(config))
+        return None if seen is None else seen[1]
+
     @property
     def measured(self) -> int:
         return len(self._seen)

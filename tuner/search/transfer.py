@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 MAX_PRIORS = 1
 MAX_RELATED = 2
+# A table row's neighbours' winners timed within this of each other here: the table does not change there.
+TABLE_AGREEMENT = 0.02
 
 
 def neighbour_winners(
