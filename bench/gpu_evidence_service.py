@@ -22,6 +22,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = REPO / ".gpu-tools"  # brought along by `pack` (docs/gpu-evidence.md): redis/ and a pgserver wheel
 PGSERVER = "pgserver==0.1.4"  # a manylinux PostgreSQL build that needs only glibc and zlib
+WHEELS = REPO / ".whl"  # what the GPU machine's python lacks (its torch, triton, numpy, typer, rich... are there)
+# ../shared/tools/device-wheels' list (Optuna, pydantic and their needs) plus the worker step's Celery, Redis and
+# PostgreSQL clients; each at the version installed here, where the tests pass
+BRING = ("optuna", "alembic", "sqlalchemy", "colorlog", "mako", "greenlet", "pydantic", "pydantic-core",
+         "typing-extensions", "annotated-types", "typing-inspection", "celery", "kombu", "billiard", "vine", "amqp",
+         "click-repl", "click-didyoumean", "click-plugins", "prompt-toolkit", "wcwidth", "tzlocal", "redis",
+         "psycopg2-binary")  # fmt: skip
+PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
+             "manylinux2014_x86_64", "manylinux1_x86_64")  # fmt: skip
 GLIBC = ("linux-vdso", "ld-linux", "libc.so", "libm.so", "libpthread", "libdl.so", "librt.so", "libstdc++", "libgcc_s")
 UNPRIVILEGED = "nobody"  # PostgreSQL refuses to run as root, and the lent machines run commands as root
 
@@ -82,9 +91,21 @@ def postgres_bin(workdir: Path) -> Path:
 
 
 def pack() -> None:
-    """Here, with a registry: put in .gpu-tools/ this machine's redis-server with the libraries it needs beyond
-    glibc, and the pgserver wheel (a PostgreSQL build needing only glibc and zlib), for the GPU machine
-    (.gitignore keeps .gpu-tools/ out of git; the device tool's ``carry`` takes it along)."""
+    """Here, with a registry: download into .whl/ the wheels the GPU machine lacks (Python 3.12, x86-64), and put
+    in .gpu-tools/ this machine's redis-server with the libraries it needs beyond glibc and the pgserver wheel
+    (a PostgreSQL build needing only glibc and zlib). .gitignore keeps both out of git; the device tool's
+    ``carry`` takes them along."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for name in BRING:
+        try:
+            pins.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:  # not needed here (greenlet: SQLAlchemy 2.1 wants it only for asyncio)
+            print(f"not installed here, not brought: {name}")
+    target = ["--python-version", "3.12", "--implementation", "cp", *(a for p in PLATFORMS for a in ("--platform", p))]
+    pip = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", *target]
+    subprocess.run([*pip, "-d", str(WHEELS), *pins], check=True)
     redis = Path(shutil.which("redis-server") or "/usr/bin/redis-server")
     lib = TOOLS / "redis" / "lib"
     lib.mkdir(parents=True, exist_ok=True)
@@ -115,7 +136,7 @@ def pack() -> None:
         ],
         check=True,
     )
-    print(subprocess.run(["du", "-sh", str(TOOLS)], capture_output=True, text=True).stdout.strip())
+    print(subprocess.run(["du", "-sh", str(WHEELS), str(TOOLS)], capture_output=True, text=True).stdout.strip())
 
 
 class Services:
@@ -127,31 +148,27 @@ class Services:
         self.pg_port, self.redis_port = free_port(), free_port()
 
     def __enter__(self) -> Services:
+        try:
+            self._start_redis()
+            self._start_postgres()
+            wait_for(lambda: listening(self.redis_port), 30, "redis-server")
+            wait_for(lambda: listening(self.pg_port), 60, "postgres")
+        except BaseException:
+            self.__exit__()  # what started must not outlive a failed start
+            raise
+        return self
+
+    def _start_redis(self) -> None:
         redis, env = redis_binary()
+        cmd = [str(redis), "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         self.procs.append(
             subprocess.Popen(
-                [
-                    str(redis),
-                    "--port",
-                    str(self.redis_port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(self.workdir),
-                ],
+                [*cmd, "--dir", str(self.workdir)],
                 env={**os.environ, **env},
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.STDOUT,
             )
         )
-        self._start_postgres()
-        wait_for(lambda: listening(self.redis_port), 30, "redis-server")
-        wait_for(lambda: listening(self.pg_port), 60, "postgres")
-        return self
 
     def _start_postgres(self) -> None:
         bin_dir = postgres_bin(self.workdir)  # unpacked into workdir, which the unprivileged user can reach

@@ -283,15 +283,20 @@ def test_measure_without_a_gpu_is_a_clear_failure() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kind", [TUTORIAL, PERSISTENT_TMA, PERSISTENT_TMA_WS])
 @pytest.mark.parametrize("precision", ["fp16", "bf16", "fp8"])
-def test_measures_on_a_gpu(precision: str) -> None:
+def test_measures_on_a_gpu(precision: str, kind: str) -> None:
     from cotune.tuner.device.profiles import detect
 
     device = detect("cuda")
     if precision == "fp8" and not device.supports_fp8:
         pytest.skip("fp8 needs compute capability 8.9+")
-    problem = Problem.make("triton_matmul", {"M": 256, "N": 512, "K": 1024}, precision)
-    m = TritonMatmul().measure(problem, Config.make(TUTORIAL_SEEDS[3]), device, BenchSettings(repeats=10))
+    problem = Problem.make("triton_matmul", {"M": 256, "N": 512, "K": 1008}, precision)  # K: a partial last block
+    config = Config.make(TUTORIAL_SEEDS[3] if kind == TUTORIAL else _cfg(kind, 64, 128, 64, 2, 4, 3))
+    reason = TritonMatmul().space().violation(config, problem, device)
+    if reason:
+        pytest.skip(reason)  # the TMA variants need Hopper
+    m = TritonMatmul().measure(problem, config, device, BenchSettings(repeats=10))
     assert m.median_s > 0 and m.max_rel_error <= TOLERANCE[Precision(precision)]
 
 
