@@ -32,6 +32,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -133,6 +134,10 @@ def finished(row: dict) -> bool:
 
 
 def git_commit() -> str:
+    """The checkout's commit (with ``+changes`` when tracked files differ from it); ``unknown`` without git, as on
+    the GPU machine, which gets a copy of the working tree: pass ``--commit`` there."""
+    if shutil.which("git") is None:
+        return "unknown"
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     dirty = subprocess.run(
         ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True
@@ -159,7 +164,7 @@ def step_env(run: Run) -> None:
             capture_output=True,
             text=True,
         )
-        if not run.dry
+        if not run.dry and shutil.which("nvidia-smi")
         else None
     )
     run.add(
@@ -623,6 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trials", type=int, default=10, help="tuning budget per shape (default 10)")
     ap.add_argument("--deadline-s", type=float, default=420.0, help="start no new shape after this many seconds")
     ap.add_argument("--dry-run", action="store_true", help="check every step on a CPU with tiny shapes")
+    ap.add_argument("--commit", help="the commit the rows name (default: git's; the GPU machine has no .git)")
     args = ap.parse_args(argv)
     try:
         device = detect("cpu") if args.dry_run else detect("cuda")
@@ -642,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
         args.dry_run,
         3 if args.dry_run else args.trials,
         time.monotonic() + args.deadline_s,
-        git_commit(),
+        args.commit or git_commit(),
     )
     steps = args.only or STEPS
     # a unit written ok earlier is done, unless --only names its step (then it runs again)
