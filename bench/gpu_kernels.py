@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cotune.kernels.gpu_timing import time_gpu  # noqa: E402
+from cotune.kernels.triton_matmul import TUTORIAL, variant  # noqa: E402
 from cotune.tuner.device.profiles import detect, slugify  # noqa: E402
 from cotune.tuner.driver import tune_job  # noqa: E402
 from cotune.tuner.errors import CotuneError  # noqa: E402
@@ -108,7 +109,7 @@ def tutorial_best(problem: Problem, device: DeviceProfile) -> dict:
     best: tuple[float, dict] | None = None
     failed = 0
     with CandidateRunner() as runner:
-        for config in dict.fromkeys(c for _, c in get_kernel("triton_matmul").space().seeds):
+        for config in dict.fromkeys(c for _, c in get_kernel("triton_matmul").space().seeds if variant(c) == TUTORIAL):
             out = runner.run(Request(problem, config, device, BENCH))
             if isinstance(out, Measurement) and (best is None or out.median_s < best[0]):
                 best = (out.median_s, config.values)

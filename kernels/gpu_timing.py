@@ -12,6 +12,11 @@ queued the whole batch before the GPU reaches it. Without that, a kernel shorter
 from its start event to its end *including the wait for the host to launch it*. On an H100, M=16 matmuls
 of 40-60 us then read a median 1.16-2.16x slow (up to 3.4x), and configs that run the same program
 disagreed by a median 22-69 %; with the head start, by 0.2-0.8 % (bench/results/launch_bound_h100.json).
+
+Screening: with ``bench.screen_cutoff_s`` set, a short timing (``screen_target_s`` of kernel time, at least
+``repeats`` calls) comes first, and only a candidate whose median is within the cutoff is timed to
+``target_s``; the rest return the short timing. Most candidates of a search are far from the best, so most
+cost a few milliseconds of calls instead of ``target_s``.
 """
 
 from __future__ import annotations
@@ -56,7 +61,19 @@ def time_gpu(fn: Callable[[], object], device: DeviceProfile, bench: BenchSettin
     host_s = queue_seconds(fn, flush, 3) / 3
     times, _ = event_times(fn, flush, 3, head_start_s=HEAD_START_MARGIN * 3 * host_s)
     per_call = max(sorted(times)[1], 1e-7)
-    n = min(max(bench.repeats, math.ceil(bench.target_s / per_call)), bench.max_repeats)
+    if bench.screen_cutoff_s is not None and bench.screen_target_s > 0:
+        short = _timed_calls(fn, flush, calls(bench.screen_target_s, per_call, bench), host_s)
+        if sorted(short)[len(short) // 2] > bench.screen_cutoff_s:
+            return short
+    return _timed_calls(fn, flush, calls(bench.target_s, per_call, bench), host_s)
+
+
+def calls(budget_s: float, per_call_s: float, bench: BenchSettings) -> int:
+    """Timed calls for about ``budget_s`` of kernel time, between ``repeats`` and ``max_repeats``."""
+    return min(max(bench.repeats, math.ceil(budget_s / per_call_s)), bench.max_repeats)
+
+
+def _timed_calls(fn: Callable[[], object], flush, n: int, host_s: float) -> tuple[float, ...]:  # noqa: ANN001
     head_start = HEAD_START_MARGIN * min(n, CALLS_PER_BATCH) * host_s
     times, starved = event_times(fn, flush, n, head_start_s=head_start)
     if starved:  # the host was slower than measured (a loaded CPU): once more with a longer head start
@@ -147,7 +164,7 @@ def _time_graph(fn: Callable[[], object], bench: BenchSettings) -> tuple[float, 
     end.record()
     torch.cuda.synchronize()
     per_replay = max(start.elapsed_time(end) / 1e3, 1e-7)
-    n = min(max(bench.repeats, math.ceil(bench.target_s / per_replay)), bench.max_repeats)
+    n = calls(bench.target_s, per_replay, bench)
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
     for i in range(n):

@@ -75,17 +75,21 @@ def tune_job(
 ) -> list[StudyOutcome]:
     """Tune every problem of the job. ``priors`` maps a problem key to configs measured first (warm start:
     earlier winners, via Optuna's ``enqueue_trial``), unless the study already holds them."""
-    storage = open_storage(storage_url)
     kernel = get_kernel(spec.kernel)
-    space = job_space(spec, kernel)
-    tracker.start_job(spec.name)
-    outcomes = []
-    # one compile pool for the whole job: starting its processes costs seconds per problem otherwise
+    # one compile pool for the whole job: starting its processes costs seconds per problem otherwise; it and
+    # the candidate process start first and load the kernel's toolchain while the study is set up
     workers = spec.bench.compile_workers if kernel.precompiles else 0
     problems = spec.expand()
     if spec.budget.table_patience:
         problems = table_order(problems, kernel.batch_dim)
-    with CandidateRunner() as runner, Precompiler(workers) if workers else nullcontext() as precompiler:
+    with (
+        CandidateRunner(warm=kernel.name) as runner,
+        Precompiler(workers, warm=kernel.name) if workers else nullcontext() as precompiler,
+    ):
+        storage = open_storage(storage_url)
+        space = job_space(spec, kernel)
+        tracker.start_job(spec.name)
+        outcomes = []
         for problem in problems:
             name = study_name(spec.name, problem, device)
             session = StudySession(spec, kernel, space, problem, device, storage, runner, tracker, name)
@@ -98,7 +102,7 @@ def tune_job(
                 warm += first_configs(storage, spec, kernel, space, problem, device, budget)
                 session.enqueue(warm)
             outcomes.append(_tune_problem(session, on_progress, precompiler))
-    tracker.close()
+        tracker.close()
     return outcomes
 
 
@@ -320,7 +324,7 @@ class StudySession:
             if failure is not None:
                 result = TrialResult(config, TrialStatus.FAIL, failure=failure)
             else:
-                result = self.objective.measure(config, self.objective.bench)
+                result = self.objective.measure_trial(config)
         tell(self.study, trial, result, self.spec.objective)
         self.objective.remember(trial.number, result)
         self.tracker.log_trial(

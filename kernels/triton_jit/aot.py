@@ -6,6 +6,8 @@ compiles for sm_80/sm_90 and read the shared memory the compiled kernel really n
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,3 +50,33 @@ def compile_for(
         src, target=GPUTarget("cuda", capability, 32), options={"num_warps": num_warps, "num_stages": num_stages}
     )
     return Compiled(int(k.metadata.shared), num_warps, num_stages, len(k.asm["cubin"]))
+
+
+@contextmanager
+def compile_only(capability: int) -> Iterator[None]:
+    """Inside, a ``@triton.jit`` function's ``warmup`` compiles for ``sm_<capability>`` without a GPU and returns
+    the compiled kernel (``.asm["ptx"]``, ``.metadata.shared``): Triton's driver is replaced by one that
+    answers only what compiling asks (the target, device 0, stream 0), so launching is impossible.
+
+    Unlike :func:`compile_for`, the arguments are specialised by the JIT itself, exactly as for a real
+    launch, so a test compiles what the precompile pool and the timed process would.
+    """
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime import driver
+
+    class _CompileOnly:
+        def get_current_target(self) -> GPUTarget:
+            return GPUTarget("cuda", capability, 32)
+
+        def get_current_device(self) -> int:
+            return 0
+
+        def get_current_stream(self, device: int | None = None) -> int:
+            return 0
+
+    previous = driver._active  # reset_active() would look for a real driver, which a CPU machine lacks
+    driver.set_active(_CompileOnly())
+    try:
+        yield
+    finally:
+        driver._active = previous

@@ -236,12 +236,14 @@ def test_a_job_never_runs_on_other_hardware(service, tmp_path):
     assert record["hardware"] == "nvidia-h100-80gb-hbm3"
     assert record["state"] == "queued" and record["trials"]["pending"] == 4
     # the study holds the space's known-good seed that the recorded H100 profile admits for this shape, queued
-    # first: the tutorial's 64x32 tile (a quarter of 4 trials is one seed)
+    # first: the tutorial's 64x32 tile (a quarter of 4 trials is one seed; the persistent seeds, first in the
+    # list, have tiles larger than this 64x64 shape)
     [study] = JobStore(service.env["COTUNE_STORAGE"]).studies(job)
     loaded = optuna.load_study(study_name=study["name"], storage=open_storage(service.env["COTUNE_STORAGE"]))
     [seed] = loaded.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     assert seed.system_attrs["fixed_params"] == {
-        "BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 8, "SPLIT_K": 1, "num_warps": 2, "num_stages": 5
+        "KERNEL": "tutorial", "BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 8, "SPLIT_K": 1, "num_warps": 2,
+        "num_stages": 5,
     }  # fmt: skip
     assert service.cli("cancel", job).returncode == 0
     # and the reverse is refused at submit: a CPU kernel is not sent to a GPU queue, nor a GPU kernel to the CPU

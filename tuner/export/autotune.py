@@ -130,6 +130,12 @@ def winners(kernel: str, entries: Sequence[Mapping[str, Any]]) -> list[Winner]:
         if set(shape) != set(binding.shape_dims):
             raise SpecError(f"{kernel} entry has shape dims {sorted(shape)}, expected {list(binding.shape_dims)}")
         config = dict(entry["config"])
+        # triton_matmul's persistent variants are other jit functions, with other arguments (see its KERNEL)
+        if config.pop("KERNEL", "tutorial") != "tutorial":
+            raise SpecError(
+                f"{kernel} winner for {shape} runs the {entry['config']['KERNEL']} kernel, which "
+                f"{binding.jit_function} cannot launch; export it with --format cotune"
+            )
         launch = {k: config.pop(k) for k in LAUNCH_OPTIONS if k in config}
         out.append(Winner(tuple(int(shape[d]) for d in binding.shape_dims), config, launch, entry))
     batch = binding.shape_dims.index(str(entries[0].get("batch_dim", "M")))

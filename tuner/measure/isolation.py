@@ -4,10 +4,16 @@ The child is a fresh interpreter (CUDA does not survive ``fork``) started with :
 :mod:`multiprocessing`, so it can be started from anywhere, including a Celery pool process, which
 multiprocessing refuses as a daemon. It is reused across candidates; after a crash or a timeout it is
 killed and a fresh one is started for the next candidate. Requests and replies are pickled over pipes.
+
+A runner made with ``warm=<kernel>`` starts its child on entering its ``with`` block, without waiting for it,
+and the child loads that kernel's toolchain (``Kernel.toolchain()``: torch and Triton for a Triton kernel)
+before it reports ready: the driver sets up the study meanwhile, and the first candidate no longer pays
+for the imports.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -21,6 +27,7 @@ from cotune.tuner.measure.kernel import BenchSettings, CandidateError
 from cotune.tuner.types import Config, DeviceProfile, Failure, FailureKind, Measurement, Problem
 
 _STARTUP_TIMEOUT_S = 120.0
+log = logging.getLogger("cotune.isolation")
 
 
 @dataclass(frozen=True)
@@ -31,11 +38,17 @@ class Request:
     bench: BenchSettings
 
 
-def _serve(conn: Any) -> None:
+def _serve(conn: Any, warm: str | None = None) -> None:
     """Child main loop: measure each request and answer with ("ok", measurement) or ("fail", kind, msg)."""
     from cotune.tuner.measure.registry import get_kernel
 
-    conn.send(("ready",))
+    problem = None
+    if warm:
+        try:
+            get_kernel(warm).toolchain()
+        except Exception as exc:  # noqa: BLE001 - only a head start; the parent reads the toolchain itself
+            problem = f"{type(exc).__name__}: {exc}"
+    conn.send(("ready", problem))
     while True:
         try:
             req: Request | None = conn.recv()
@@ -76,47 +89,65 @@ class _Pipes:
         self.writer.close()
 
 
-def _child_main(read_fd: int, write_fd: int) -> None:
-    _serve(_Pipes(Connection(read_fd, writable=False), Connection(write_fd, readable=False)))
+def _child_main(read_fd: int, write_fd: int, warm: str | None = None) -> None:
+    _serve(_Pipes(Connection(read_fd, writable=False), Connection(write_fd, readable=False)), warm)
 
 
 class CandidateRunner:
     """Measures candidates in an isolated child process. Not thread safe; one runner per driver."""
 
-    def __init__(self) -> None:
+    def __init__(self, warm: str | None = None) -> None:
+        self.warm = warm
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: _Pipes | None = None
+        self._ready = False
 
     def __enter__(self) -> CandidateRunner:
+        if self.warm:
+            self._spawn()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _start(self) -> _Pipes:
+    def _spawn(self) -> None:
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
-        code = f"from cotune.tuner.measure.isolation import _child_main; _child_main({to_child_r}, {from_child_w})"
+        code = (
+            "from cotune.tuner.measure.isolation import _child_main; "
+            f"_child_main({to_child_r}, {from_child_w}, {self.warm!r})"
+        )
         proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=(to_child_r, from_child_w))
         os.close(to_child_r)
         os.close(from_child_w)
-        conn = _Pipes(Connection(from_child_r, writable=False), Connection(to_child_w, readable=False))
+        self._proc = proc
+        self._conn = _Pipes(Connection(from_child_r, writable=False), Connection(to_child_w, readable=False))
+        self._ready = False
+
+    def _start(self) -> _Pipes:
+        """The child's connection once it is ready, starting the child first if none is running."""
+        if self._proc is None:
+            self._spawn()
+        proc, conn = self._proc, self._conn
+        assert proc is not None and conn is not None
+        if self._ready:
+            return conn
         if not conn.poll(_STARTUP_TIMEOUT_S):
-            proc.kill()
-            proc.wait()
-            conn.close()
+            self._kill()
             raise RuntimeError("candidate process did not start")
         try:
-            conn.recv()
+            _, problem = conn.recv()
         except EOFError:
             proc.wait()
-            conn.close()
+            self._kill()
             raise RuntimeError(f"candidate process exited at start with code {proc.returncode}") from None
-        self._proc, self._conn = proc, conn
+        if problem:
+            log.warning("candidate process could not load the toolchain of %s ahead: %s", self.warm, problem)
+        self._ready = True
         return conn
 
     def run(self, request: Request) -> Measurement | Failure:
-        conn = self._conn or self._start()
+        conn = self._start()
         try:
             conn.send(request)
             if not conn.poll(request.bench.timeout_s):
@@ -134,6 +165,7 @@ class CandidateRunner:
     def _death_reason(self) -> str:
         proc, conn = self._proc, self._conn
         self._proc = self._conn = None
+        self._ready = False
         assert proc is not None and conn is not None
         conn.close()
         try:
@@ -152,6 +184,7 @@ class CandidateRunner:
         if self._conn is not None:
             self._conn.close()
         self._proc = self._conn = None
+        self._ready = False
 
     def close(self) -> None:
         if self._conn is not None and self._proc is not None:

@@ -3,6 +3,10 @@
 For each proposed config: constraint check (infeasible -> PRUNED with the reason, never compiled),
 de-duplication (a config measured before reuses its result), then compile, verify and benchmark in an
 isolated child process; any failure becomes a FAIL result with its reason.
+
+A trial's benchmark screens (:meth:`TrialObjective.measure_trial`): the GPU stopwatch times a few
+milliseconds of calls first and spends the full timing only on a candidate within ``screen_margin`` of the
+best median so far. A re-measure (:meth:`TrialObjective.measure`) always times in full.
 """
 
 from __future__ import annotations
@@ -104,7 +108,25 @@ class TrialObjective:
         return self._seen.keys() | self.in_flight.keys()
 
     def evaluate(self, config: Config) -> TrialResult:
-        return self.screen(config) or self.measure(config, self.bench)
+        return self.screen(config) or self.measure_trial(config)
+
+    def best_median_s(self) -> float | None:
+        """The lowest median time measured so far (by this process or, loaded by ``remember``, by others)."""
+        medians = [r.measurement.median_s for _, r in self._seen.values() if r.measurement is not None]
+        return min(medians, default=None)
+
+    def trial_bench(self) -> BenchSettings:
+        """The timing settings of the next trial: screening against the best so far, unless the objective
+        needs energy (read over a fixed window, so a short timing saves nothing) or nothing is measured yet
+        (the first candidate sets the bar with a full timing)."""
+        best = self.best_median_s()
+        if self.bench.energy or self.bench.screen_target_s <= 0 or best is None:
+            return self.bench
+        return replace(self.bench, screen_cutoff_s=best * (1 + self.bench.screen_margin))
+
+    def measure_trial(self, config: Config) -> TrialResult:
+        """Measure a proposed config as a trial: screened (see :class:`BenchSettings`)."""
+        return self.measure(config, self.trial_bench())
 
     def screen(self, config: Config) -> TrialResult | None:
         """The result a config gets without running it (infeasible, measured before, in flight), or None."""
@@ -122,6 +144,7 @@ class TrialObjective:
         return None
 
     def measure(self, config: Config, bench: BenchSettings) -> TrialResult:
+        """Measure with these settings as they are (a re-measure passes the study's, which never screen)."""
         start = time.perf_counter()
         out = self.runner.run(Request(self.problem, config, self.device, bench))
         elapsed = time.perf_counter() - start

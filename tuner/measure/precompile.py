@@ -7,6 +7,10 @@ fills the compiler's on-disk cache that the timing process then reads. A config 
 fails its trial here, without a round trip through the timing process. Pool processes are spawned (CUDA
 does not survive fork) and a pool process that dies only costs the configs it held: they are compiled
 again, in the timing process, as if there were no pool.
+
+With ``warm=<kernel>`` every pool process is started at once and loads that kernel's toolchain (torch and
+Triton for a Triton kernel), so the pool is ready by the time the first configs are asked ahead, rather
+than spawning, and importing, as they arrive.
 """
 
 from __future__ import annotations
@@ -32,12 +36,21 @@ def precompile_one(problem: Problem, config: Config, device: DeviceProfile) -> t
     return None
 
 
+def warm_up(kernel: str) -> None:
+    """Load a kernel's toolchain in a pool process ahead of its first compile."""
+    from cotune.tuner.measure.registry import get_kernel
+
+    get_kernel(kernel).toolchain()
+
+
 class Precompiler:
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, warm: str | None = None) -> None:
         self.workers = workers
         self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
         # keyed by problem and config: a pool serves every problem of a job, and a compile is per shape
         self._futures: dict[tuple[str, str], Future] = {}
+        # one per process: the executor starts a process for each task while none is idle
+        self._warming = [self._pool.submit(warm_up, warm) for _ in range(workers)] if warm else []
 
     def __enter__(self) -> Precompiler:
         return self
@@ -72,7 +85,7 @@ class Precompiler:
             self._futures.pop(key).cancel()
 
     def close(self) -> None:
-        busy = [f for f in self._futures.values() if not f.cancel()]
+        busy = [f for f in [*self._futures.values(), *self._warming] if not f.cancel() and not f.done()]
         self._futures.clear()
         # A compile still running (or hung) for a config nobody will time is not waited for: the executor
         # has no public way to stop a busy process, so its processes are killed.
