@@ -58,13 +58,21 @@ ATTENTION_SHAPES = (
 # The fused-MoE step's shapes, in one place: (precision, dims without M), each at every M of MOE_M.
 MOE_KERNEL = "fused_moe"
 MOE_M = (1, 16, 64, 256, 1024)
+# Both have a file vLLM ships for the H100 (kernels/fused_moe_configs), so each row holds tuned, shipped and default.
 MOE_SHAPES = (
     ("bf16", {"E": 8, "H": 4096, "I": 7168, "topk": 2}),  # Mixtral-8x7B, TP2
-    ("fp8_block128", {"E": 256, "H": 7168, "I": 256, "topk": 8}),  # DeepSeek-V3, TP8 (vLLM's block fp8 case)
+    ("fp8_block128", {"E": 32, "H": 7168, "I": 2048, "topk": 8}),  # DeepSeek-V3, EP8 (vLLM's block fp8 case)
+)
+# The dry run's stand-ins: the same dtypes on shapes the interpreter runs in a second (H, I multiples of 128).
+MOE_DRY_SHAPES = (
+    ("bf16", {"E": 4, "H": 128, "I": 128, "topk": 2}),
+    ("fp8_block128", {"E": 4, "H": 128, "I": 128, "topk": 2}),
 )
 OUT_OF_TIME = "out of the run's time (--deadline-s)"
 STEPS = ("env", "pytest", "matmul", "attention", "moe", "remeasure", "trial_time", "stopwatch", "worker")
 BENCH = "{warmup: 3, repeats: 20, remeasure_repeats: 50, target_ms: 100, timeout_s: 120, compile_workers: %d}"
+# The dry run times each candidate only a little: the CPU stand-ins run under Triton's interpreter.
+DRY_BENCH = "{warmup: 0, repeats: 2, remeasure_repeats: 2, timeout_s: 120, compile_workers: %d}"
 # Packages the lent GPU machines lack and docs/gpu-evidence.md does not bring: GPU tests must import without.
 NOT_ON_GPU_MACHINE = ("mlflow", "fastapi", "uvicorn", "kernel_tuner", "tritonclient", "httpx")
 
@@ -220,13 +228,16 @@ def step_pytest(run: Run) -> None:
     )
 
 
-def _spec(kernel: str, shapes: list[dict[str, int]], precision: str, trials: int, workers: int) -> JobSpec:
+def _spec(
+    kernel: str, shapes: list[dict[str, int]], precision: str, trials: int, workers: int, dry: bool = False
+) -> JobSpec:
     from cotune.tuner.spec.job import parse_spec
 
     problems = ", ".join("{" + ", ".join(f"{k}: {v}" for k, v in shape.items()) + "}" for shape in shapes)
     return parse_spec(
         f"name: evidence-{kernel}\nkernel: {kernel}\nproblems: [{problems}]\nprecisions: [{precision}]\n"
-        f"budget: {{trials: {trials}}}\nsampler: {{name: cotune, seed: 0}}\ntop_k: 3\nbench: {BENCH % workers}\n"
+        f"budget: {{trials: {trials}}}\nsampler: {{name: cotune, seed: 0}}\ntop_k: 3\n"
+        f"bench: {(DRY_BENCH if dry else BENCH) % workers}\n"
     )
 
 
@@ -280,7 +291,7 @@ def tune_rows(
             run.add(step, key, "skipped", reason=OUT_OF_TIME, shape=shape)
         return
     bases = {pkey: baseline(shape) for pkey, (_, shape) in todo.items()}  # the vendor's, before any tuning
-    spec = _spec(kernel_name, [shape for _, shape in todo.values()], precision, run.trials, run.workers)
+    spec = _spec(kernel_name, [shape for _, shape in todo.values()], precision, run.trials, run.workers, run.dry)
     problems = {p.key: p for p in spec.expand()}
     priors = {}
     if kernel_name == "triton_matmul":
@@ -314,6 +325,7 @@ def tune_rows(
 def row_for_study(run: Run, step: str, key: str, shape: dict, kernel, problem, name: str, base: dict) -> None:  # noqa: ANN001
     import optuna
     from cotune.tuner.track.tracker import BestLog
+    from cotune.tuner.types import Measurement
 
     try:
         study = optuna.load_study(study_name=name, storage=run.storage)
@@ -352,6 +364,14 @@ def row_for_study(run: Run, step: str, key: str, shape: dict, kernel, problem, n
     }
     if base.get("time_s"):
         data["vs_baseline"] = base["time_s"] / t  # above 1: faster than the baseline
+    served = {}
+    for name_, b in study.user_attrs.get("baselines", {}).items():  # the kernel's, re-measured beside the winner
+        if "measurement" in b:
+            served[name_] = {"config": b["config"], "time_s": Measurement.from_json(b["measurement"]).median_s}
+        else:
+            served[name_] = {"config": b["config"], "failure": b.get("failure")}
+    if served:
+        data["server_baselines"] = served
     run.add(step, key, **data)
 
 
@@ -494,9 +514,40 @@ def step_moe(run: Run) -> None:
             batches=list(MOE_M),
         )
         return
-    for precision, dims in MOE_SHAPES:
-        shapes = [{"M": m, **dims} for m in (MOE_M[:2] if run.dry else MOE_M)]
-        tune_rows(run, "moe", MOE_KERNEL, shapes, precision, lambda s: {"what": "none yet"})
+    for precision, dims in MOE_DRY_SHAPES if run.dry else MOE_SHAPES:
+        shapes = [{"M": m, **dims} for m in (MOE_M[:1] if run.dry else MOE_M)]
+        # vLLM's shipped entry and default config are the kernel's baselines: each study re-measures them
+        tune_rows(run, "moe", MOE_KERNEL, shapes, precision, lambda s: {"what": "the server's configs, below"})
+    write_moe_outputs(run)
+
+
+def write_moe_outputs(run: Run) -> None:
+    """The fused-MoE results as a serving team uses them: the vLLM files of the tuned models (as `cotune export
+    --format vllm` writes them) and the tuned / shipped / default table per M, beside the JSONL."""
+    from cotune.tuner.errors import CotuneError
+    from cotune.tuner.export.build import build_export
+    from cotune.tuner.export.formats import write_files
+    from cotune.tuner.export.vllm import VllmExporter
+
+    try:
+        data = build_export(run.storage, f"evidence-{MOE_KERNEL}")
+        write_files(run.out_dir / "moe_vllm", VllmExporter().render(data), data["job"], force=True)
+    except CotuneError as exc:
+        run.add("moe", "export", "error", error=str(exc))
+        return
+    lines = ["| model shape | dtype | M | tuned | vLLM shipped | vLLM default |", "|---|---|---|---|---|---|"]
+    for row in run.rows("moe"):
+        if "time_s" not in row:
+            continue
+        b = row.get("server_baselines", {})
+        cells = [fmt_ms(row["time_s"]), *(fmt_ms(b.get(n, {}).get("time_s")) for n in ("vllm_shipped", "vllm_default"))]
+        dims = ",".join(f"{k}={v}" for k, v in row["shape"].items() if k != "M")
+        lines.append(f"| {dims} | {row['precision']} | {row['shape']['M']} | " + " | ".join(cells) + " |")
+    (run.out_dir / "moe_table.md").write_text("\n".join(lines) + "\n")
+
+
+def fmt_ms(seconds: float | None) -> str:
+    return "–" if seconds is None else f"{seconds * 1e3:.4g} ms"
 
 
 def step_remeasure(run: Run) -> None:

@@ -138,10 +138,14 @@ def _classify(exc: Exception) -> CandidateError:
 def triton_toolchain() -> dict[str, str]:
     """Versions that decide what a Triton config compiles to and how it runs: Triton, torch, and the CUDA
     runtime and driver when present (recorded with every study and export, compared by revalidate)."""
-    import torch
-    import triton
+    from importlib.metadata import version
 
-    out = {"triton": triton.__version__, "torch": torch.__version__}
+    import torch
+
+    # Triton's version from its metadata, not by importing it: Triton reads TRITON_INTERPRET when it is first
+    # imported, and a candidate process that runs a kernel on the CPU sets it only when it measures (a process
+    # started ahead asks for the toolchain before that).
+    out = {"triton": version("triton"), "torch": torch.__version__}
     if torch.version.cuda:
         out["cuda"] = torch.version.cuda
     driver = driver_version()

@@ -63,19 +63,24 @@ def test_tuned_rows_carry_winner_baseline_and_fresh_process_remeasure(dry_run: P
         assert r["time_s"] > 0 and r["baseline"]["time_s"] > 0 and r["vs_baseline"] > 0
         assert r["best_time_s_by_variant"]
     remeasured = {r["key"]: r for r in rows if r["step"] == "remeasure"}
-    assert set(remeasured) == {r["key"] for r in tuned}
+    winners = [r for r in rows if r["step"] in ("matmul", "moe") and "winner" in r]
+    assert set(remeasured) == {r["key"] for r in winners}  # every winner, the fused-MoE ones included
     assert all(len(r["fresh_times_s"]) == 2 for r in remeasured.values())
 
 
-def test_moe_is_skipped_with_its_shapes_while_the_kernel_is_missing(dry_run: Path) -> None:
-    from cotune.tuner.measure.registry import kernel_names
-    from gpu_evidence import MOE_KERNEL
-
-    [row] = [r for r in _rows(dry_run / "evidence.jsonl") if r["step"] == "moe"]
-    if MOE_KERNEL in kernel_names():
-        pytest.skip("the fused_moe kernel is registered: the step tunes it")
-    assert row["status"] == "skipped" and "not registered" in row["reason"]
-    assert {s["precision"] for s in row["shapes"]} == {"bf16", "fp8_block128"}
+def test_moe_rows_hold_tuned_shipped_and_default_and_the_vllm_files(dry_run: Path) -> None:
+    """The fused-MoE step (on the CPU stand-in shapes): each row has the winner and the server's configs
+    measured beside it (vLLM's default rule; no shipped file exists for a CPU), and the step writes the vLLM
+    files of the tuned models and the tuned / shipped / default table."""
+    rows = [r for r in _rows(dry_run / "evidence.jsonl") if r["step"] == "moe"]
+    tuned = [r for r in rows if "winner" in r]
+    assert {r["precision"] for r in tuned} == {"bf16", "fp8_block128"}
+    for r in tuned:
+        assert r["time_s"] > 0 and r["server_baselines"]["vllm_default"]["time_s"] > 0
+    table = (dry_run / "moe_table.md").read_text()
+    assert "| tuned | vLLM shipped | vLLM default |" in table and table.count("\n") == 2 + len(tuned)
+    files = sorted(p.name for p in (dry_run / "moe_vllm").iterdir() if p.suffix == ".json" and ".cotune" not in p.name)
+    assert len(files) == 2 and any("block_shape=[128,128]" in f for f in files)
 
 
 def test_a_real_worker_ran_the_job_on_its_queue(dry_run: Path) -> None:
