@@ -15,6 +15,9 @@ import sqlalchemy as sa
 
 from tests.service.stack import MlflowServer, RedisServer, Service
 
+# The API refuses to start with a token under 32 characters; these are the test stack's.
+API_TOKEN = "cotune-test-write-token-0123456789abcdef"
+READ_TOKEN = "cotune-test-read-token-0123456789abcdef"
 PG_ADMIN = os.environ.get("COTUNE_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 
 
@@ -59,7 +62,7 @@ def service(tmp_path, redis_server, pg_url, mlflow_server) -> Iterator[Service]:
         "MLFLOW_TRACKING_URI": mlflow_server.url,
         "COTUNE_LEASE_S": "3",
         "COTUNE_REAP_INTERVAL_S": "1",
-        "COTUNE_API_TOKEN": "test-token",
+        "COTUNE_API_TOKEN": API_TOKEN,
         "PYTHONUNBUFFERED": "1",
     }
     svc = Service(env, tmp_path, redis_server, mlflow_log=mlflow_server.root / "server.log")
