@@ -113,8 +113,9 @@ def _submit_in_child(body: bytes, content_type: str, hardware: str) -> Outcome:
         job_id = submit(spec, _celery(settings), _store(settings), settings, hardware)
     except SpecError as exc:
         return Outcome(422, detail=[{"loc": ["body"], "msg": str(exc), "type": "value_error"}])
-    except BrokerError as exc:
-        return Outcome(503, detail=str(exc))
+    except BrokerError as exc:  # the log names the broker (password masked); the client learns what, not where
+        log.warning("submit failed: %s", exc)
+        return Outcome(503, detail="the service's queue (Redis) is unavailable; try again shortly")
     except (StorageError, MlflowException, sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
         log.warning("submit failed: %s", str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__)
         if _is_mlflow(exc):
