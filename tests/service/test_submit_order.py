@@ -59,7 +59,7 @@ def test_an_api_killed_mid_submit_leaves_a_job_that_is_failed_and_cleared(servic
 
     def post() -> None:
         try:
-            httpx.post(f"{api.url}/jobs", content=spec("killed", 40), headers=AUTH, timeout=300)
+            httpx.post(f"{api.url}/jobs", content=spec("killed", 120), headers=AUTH, timeout=300)
         except httpx.HTTPError:
             pass  # the API dies under it
 
