@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.service.conftest import noop_spec
-from tests.service.stack import ApiServer, free_port
+from tests.service.stack import free_port
 
 YAML = {"Content-Type": "application/yaml"}
 
@@ -22,7 +22,7 @@ def start(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
 
 
-def test_the_api_refuses_to_start_without_a_long_token(service, tmp_path):
+def test_the_api_refuses_to_start_without_a_long_token(service, api_server):
     env = {**service.env, "COTUNE_API_SUBMIT_PROCS": "1"}
     cases = [
         ({"COTUNE_API_TOKEN": ""}, "COTUNE_API_TOKEN is not set"),
@@ -35,28 +35,22 @@ def test_the_api_refuses_to_start_without_a_long_token(service, tmp_path):
         assert done.stderr.startswith("error: refusing to start the API: ") and says in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1 and "--insecure-dev" in done.stderr
     # --insecure-dev starts it anyway, and says so; its short token works like any other
-    api = ApiServer({**env, "COTUNE_API_TOKEN": "change-me"}, tmp_path, "--insecure-dev")
-    try:
-        assert "warning: --insecure-dev: COTUNE_API_TOKEN has 9 characters" in api.log.read_text()
-        assert httpx.get(f"{api.url}/jobs", headers={"Authorization": "Bearer change-me"}).status_code == 200
-        assert httpx.get(f"{api.url}/jobs").status_code == 401
-    finally:
-        api.stop()
+    api = api_server({**env, "COTUNE_API_TOKEN": "change-me"}, "--insecure-dev")
+    assert "warning: --insecure-dev: COTUNE_API_TOKEN has 9 characters" in api.log.read_text()
+    assert httpx.get(f"{api.url}/jobs", headers={"Authorization": "Bearer change-me"}).status_code == 200
+    assert httpx.get(f"{api.url}/jobs").status_code == 401
 
 
-def test_public_reads_open_reads_only(service, tmp_path):
-    api = ApiServer({**service.env, "COTUNE_API_SUBMIT_PROCS": "1"}, tmp_path, "--public-reads")
-    try:
-        with httpx.Client(base_url=api.url, timeout=60) as anon:
-            assert anon.get("/jobs").status_code == 200
-            assert anon.get("/jobs/job-000000000000").status_code == 404
-            assert anon.post("/jobs", content=noop_spec("anon", 1, 1), headers=YAML).status_code == 401
-            assert anon.delete("/jobs/job-000000000000").status_code == 401
-    finally:
-        api.stop()
+def test_public_reads_open_reads_only(service, api_server):
+    api = api_server({**service.env, "COTUNE_API_SUBMIT_PROCS": "1"}, "--public-reads")
+    with httpx.Client(base_url=api.url, timeout=60) as anon:
+        assert anon.get("/jobs").status_code == 200
+        assert anon.get("/jobs/job-000000000000").status_code == 404
+        assert anon.post("/jobs", content=noop_spec("anon", 1, 1), headers=YAML).status_code == 401
+        assert anon.delete("/jobs/job-000000000000").status_code == 401
 
 
-def test_a_read_answers_while_submits_are_made(service, tmp_path):
+def test_a_read_answers_while_submits_are_made(service, api_server):
     """GET /jobs/{id} while 4 submits of 30 problems run at once (each 30 Optuna studies and MLflow runs).
     Measured at full size (10 x 150) by bench/api_latency.py: bench/results/api_latency.json. The bound
     here is loose, for a loaded 2-core machine; a submit run on the event loop or in the API's threads
@@ -64,11 +58,8 @@ def test_a_read_answers_while_submits_are_made(service, tmp_path):
     sys.path.insert(0, str(REPO / "bench"))
     from api_latency import measure
 
-    api = ApiServer(service.env, tmp_path)
-    try:
-        result = measure(api.url, service.env["COTUNE_API_TOKEN"], submits=4, problems=30, idle_gets=20)
-    finally:
-        api.stop()
+    api = api_server(service.env)
+    result = measure(api.url, service.env["COTUNE_API_TOKEN"], submits=4, problems=30, idle_gets=20)
     assert result["submit_statuses"] == [201], result
     during = result["get_during_submits"]
     assert during["gets"] >= 10, result  # the reads overlapped the submits

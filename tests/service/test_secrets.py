@@ -84,11 +84,13 @@ def stack(tmp_path_factory, pg_url) -> Iterator[dict]:
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",  # a tracking server that is away fails at once, not in 7 s
         "PYTHONUNBUFFERED": "1",
     }
-    api = ApiServer(env, work)
+    api = None
     try:
+        api = ApiServer(env, work)
         yield {"env": env, "work": work, "secret": secret, "api": api, "redis": redis, "mlflow": mlflow}
     finally:
-        api.stop()
+        if api is not None:
+            api.stop()
         mlflow.stop()
         redis.kill()
 

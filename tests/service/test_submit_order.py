@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 
 from tests.service.conftest import API_TOKEN
-from tests.service.stack import ApiServer, free_port, wait_for
+from tests.service.stack import free_port, wait_for
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}", "Content-Type": "application/yaml"}
 
@@ -48,14 +48,14 @@ def test_a_submit_that_fails_midway_leaves_nothing(service, monkeypatch):
     assert study_names(storage) == studies_before, "the failed submit left studies"
 
 
-def test_an_api_killed_mid_submit_leaves_a_job_that_is_failed_and_cleared(service, tmp_path):
+def test_an_api_killed_mid_submit_leaves_a_job_that_is_failed_and_cleared(service, api_server):
     env = {**service.env, "COTUNE_SUBMIT_STALE_S": "10", "COTUNE_API_SUBMIT_PROCS": "1"}
     storage = env["COTUNE_STORAGE"]
     store = JobStore(storage)
     mlflow = MlflowClient(env["MLFLOW_TRACKING_URI"])
     broker = redis.Redis.from_url(env["COTUNE_BROKER_URL"])
     queued = broker.llen(queue_name(CPU_KIND))
-    api = ApiServer(env, tmp_path)
+    api = api_server(env)
 
     def post() -> None:
         try:
@@ -82,15 +82,12 @@ def test_an_api_killed_mid_submit_leaves_a_job_that_is_failed_and_cleared(servic
         # clock_timestamp(), not now(): now() stands still for the length of a transaction
         age = sa.func.extract("epoch", sa.func.clock_timestamp() - jobs.c.updated_at)
         wait_for(lambda: c.execute(sa.select(age).where(jobs.c.id == job)).scalar() > 10.5, 60, "the job to go stale")
-    api = ApiServer(env, tmp_path, name="api-again")
-    try:
-        record = wait_for(lambda: (r := store.record(job))["state"] == "failed" and r, 120, "the sweep")
-        assert "interrupted" in record["error"]
-        wait_for(lambda: not names & study_names(storage), 60, "its studies to be deleted")
-        wait_for(lambda: not parent_runs(job), 60, "its MLflow parent runs to be deleted")
-        assert {t["state"] for t in service.tickets(job)} == {"cancelled"}
-    finally:
-        api.stop()
+    api_server(env, name="api-again")
+    record = wait_for(lambda: (r := store.record(job))["state"] == "failed" and r, 120, "the sweep")
+    assert "interrupted" in record["error"]
+    wait_for(lambda: not names & study_names(storage), 60, "its studies to be deleted")
+    wait_for(lambda: not parent_runs(job), 60, "its MLflow parent runs to be deleted")
+    assert {t["state"] for t in service.tickets(job)} == {"cancelled"}
     deleted = mlflow.search_runs(
         [mlflow.get_experiment_by_name("cotune/killed").experiment_id],
         f"tags.`cotune.service_job` = '{job}'",
