@@ -40,6 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import yaml  # noqa: E402
 from cotune.tuner.device.profiles import device_for  # noqa: E402
 from cotune.tuner.measure.isolation import CandidateRunner, Request  # noqa: E402
 from cotune.tuner.measure.kernel import BenchSettings  # noqa: E402
@@ -63,7 +64,8 @@ def parse_problem(text: str) -> dict[str, int]:
 
 def parse_bench(text: str) -> BenchSettings:
     """``--bench`` as job spec ``bench`` fields; those it leaves out take DEFAULT_BENCH's values."""
-    fields = dict(part.split("=") for part in f"{DEFAULT_BENCH},{text}".split(","))
+    # each value read as a YAML scalar, as in a spec file: the spec's numbers are strict ("2" is no int)
+    fields = {k: yaml.safe_load(v) for k, v in (part.split("=") for part in f"{DEFAULT_BENCH},{text}".split(","))}
     try:
         return BenchSpec(**fields).settings()
     except ValidationError as exc:

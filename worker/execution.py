@@ -24,7 +24,7 @@ from cotune.tuner.store.jobs import JobStore
 from cotune.tuner.store.studies import open_storage
 from cotune.tuner.track.tracker import NullTracker, Tracker
 from cotune.tuner.types import DeviceProfile, Problem
-from cotune.worker.dispatch import send_tickets, spec_from_record
+from cotune.worker.dispatch import open_store, send_tickets, spec_from_record
 
 log = logging.getLogger("cotune.worker")
 
@@ -42,7 +42,7 @@ class WorkerContext:
     def open(cls, settings: ServiceSettings) -> WorkerContext:
         # `cotune worker --gpu N` sets COTUNE_DEVICE=cuda (and CUDA_VISIBLE_DEVICES=N) before the pool starts
         device = detect(os.environ.get("COTUNE_DEVICE", "cpu"))
-        return cls(settings, JobStore(settings.storage), device, open_storage(settings.storage), CandidateRunner())
+        return cls(settings, open_store(settings), device, open_storage(settings.storage), CandidateRunner())
 
     def session(self, job_id: str, study: str) -> StudySession:
         key = (job_id, study)
@@ -52,7 +52,7 @@ class WorkerContext:
             spec = spec_from_record(job["spec"])
             row = next(s for s in self.store.studies(job_id) if s["name"] == study)
             kernel = get_kernel(spec.kernel)
-            tracker = _tracker(job["mlflow_uri"])
+            tracker = _tracker(self.settings.tracking_uri(job["mlflow_setting"]))
             tracker.start_job(spec.name)
             problem = Problem.from_json(json.loads(row["problem"]))
             self.sessions[key] = StudySession(

@@ -1,6 +1,8 @@
 """The reaper: a thread in each worker's main process that repairs what dead workers and a lost broker leave.
 
-Every ``reap_interval_s``, for each active job on a queue this worker serves:
+Every ``reap_interval_s``, jobs that a killed submitter left ``submitting`` are failed and their studies and
+MLflow runs removed (:func:`cotune.worker.dispatch.sweep_abandoned`); then, for each active job on a queue
+this worker serves:
 
 1. tickets whose lease ran out are taken back; the trial each was measuring is failed (``worker_lost``)
    unless it had already finished on its own, in which case the ticket counts as done;
@@ -28,7 +30,7 @@ from cotune.tuner.measure.trial_record import TRIAL_ATTR, counted, fail_lost_tri
 from cotune.tuner.spec.settings import ServiceSettings
 from cotune.tuner.store.jobs import JobStore
 from cotune.tuner.store.studies import open_storage
-from cotune.worker.dispatch import send_tickets
+from cotune.worker.dispatch import send_tickets, sweep_abandoned
 
 log = logging.getLogger("cotune.reaper")
 
@@ -51,6 +53,7 @@ class Reaper:
         self.storage = open_storage(settings.storage)
 
     def reap_once(self) -> None:
+        sweep_abandoned(self.settings, self.store)  # jobs a killed submitter left half-made
         for job in self.store.active_jobs():
             if queue_name(job["hardware"]) in self.queues:
                 try:

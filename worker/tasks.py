@@ -22,6 +22,9 @@ def _context() -> WorkerContext:
 
 @worker_process_init.connect
 def _open(**_: object) -> None:
+    from cotune.tuner.spec.redact import install_log_redaction
+
+    install_log_redaction(ServiceSettings.from_env().redactor())  # this pool process's log lines too
     _context()  # open storage and start the candidate process before the first ticket arrives
 
 

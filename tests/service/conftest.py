@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import sqlalchemy as sa
 
-from tests.service.stack import MlflowServer, RedisServer, Service
+from tests.service.stack import ApiServer, MlflowServer, RedisServer, Service
 
+# The API refuses to start with a token under 32 characters; these are the test stack's.
+API_TOKEN = "cotune-test-write-token-0123456789abcdef"
+READ_TOKEN = "cotune-test-read-token-0123456789abcdef"
 PG_ADMIN = os.environ.get("COTUNE_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 
 
@@ -59,12 +62,27 @@ def service(tmp_path, redis_server, pg_url, mlflow_server) -> Iterator[Service]:
         "MLFLOW_TRACKING_URI": mlflow_server.url,
         "COTUNE_LEASE_S": "3",
         "COTUNE_REAP_INTERVAL_S": "1",
-        "COTUNE_API_TOKEN": "test-token",
+        "COTUNE_API_TOKEN": API_TOKEN,
         "PYTHONUNBUFFERED": "1",
     }
     svc = Service(env, tmp_path, redis_server, mlflow_log=mlflow_server.root / "server.log")
     yield svc
     svc.stop()
+
+
+@pytest.fixture
+def api_server(tmp_path) -> Iterator[Callable[..., ApiServer]]:
+    """Start real ``cotune api`` processes (``api_server(env, *args, name=...)``); each is stopped at the
+    end of the test, also when an assertion failed before the test could stop it."""
+    started: list[ApiServer] = []
+
+    def start(env: dict[str, str], *args: str, name: str = "api") -> ApiServer:
+        started.append(ApiServer(env, tmp_path, *args, name=name))
+        return started[-1]
+
+    yield start
+    for api in started:
+        api.stop()
 
 
 def noop_spec(name: str, trials: int, sleep_ms: int) -> str:

@@ -11,7 +11,8 @@ from cotune.tuner.service.api import create_app
 from cotune.tuner.spec.settings import ServiceSettings
 from fastapi.testclient import TestClient
 
-from tests.service.conftest import noop_spec
+from tests.service.conftest import API_TOKEN, noop_spec
+from tests.service.stack import wait_for
 
 
 @pytest.fixture
@@ -21,16 +22,19 @@ def client(service):
         yield c
 
 
-AUTH = {"Authorization": "Bearer test-token"}
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 YAML = {"Content-Type": "application/yaml"}
 
 
-def test_writes_need_the_token(client):
+def test_writes_and_reads_need_the_token(client):
     spec = noop_spec("api-auth", trials=1, sleep_ms=1)
     assert client.post("/jobs", content=spec, headers=YAML).status_code == 401
     wrong = {"Authorization": "Bearer nope", **YAML}
     assert client.post("/jobs", content=spec, headers=wrong).status_code == 401
     assert client.delete("/jobs/job-000000000000").status_code == 401
+    assert client.get("/jobs").status_code == 401
+    assert client.get("/jobs/job-000000000000", headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert client.get("/jobs", headers=AUTH).status_code == 200
     assert client.get("/openapi.json").json()["info"]["title"] == "cotune"
 
 
@@ -53,23 +57,27 @@ def test_round_trip_submit_best_export(service, client):
     r = client.post("/jobs", content=noop_spec("api-trip", trials=4, sleep_ms=20), headers={**AUTH, **YAML})
     assert r.status_code == 201, r.text
     job = r.json()["id"]
-    assert client.get(f"/jobs/{job}/best").status_code == 409  # nothing finished yet
+    assert client.get(f"/jobs/{job}/best", headers=AUTH).status_code == 409  # nothing finished yet
     deadline = time.monotonic() + 120
-    while (record := client.get(f"/jobs/{job}").json())["state"] not in ("succeeded", "failed", "cancelled"):
+    while (record := client.get(f"/jobs/{job}", headers=AUTH).json())["state"] not in (
+        "succeeded",
+        "failed",
+        "cancelled",
+    ):
         assert time.monotonic() < deadline, record
         time.sleep(0.5)
     assert record["state"] == "succeeded" and record["trials"]["finished"] == 4
-    assert job in [j["id"] for j in client.get("/jobs").json()]
-    best = client.get(f"/jobs/{job}/best").json()
+    assert job in [j["id"] for j in client.get("/jobs", headers=AUTH).json()]
+    best = client.get(f"/jobs/{job}/best", headers=AUTH).json()
     assert best[0]["kernel"] == "noop" and set(best[0]["config"]) == {"x", "y"}
-    export = client.get(f"/jobs/{job}/export", params={"format": "cotune"}).json()
+    export = client.get(f"/jobs/{job}/export", params={"format": "cotune"}, headers=AUTH).json()
     assert export["schema_version"] == 1 and export["entries"][0]["config"] == best[0]["config"]
-    assert client.get(f"/jobs/{job}/export", params={"format": "nonsense"}).status_code == 422
+    assert client.get(f"/jobs/{job}/export", params={"format": "nonsense"}, headers=AUTH).status_code == 422
     # serving formats that do not apply to this kernel say so (the files themselves: tests/test_exporters.py)
-    not_moe = client.get(f"/jobs/{job}/export", params={"format": "vllm"})
+    not_moe = client.get(f"/jobs/{job}/export", params={"format": "vllm"}, headers=AUTH)
     assert not_moe.status_code == 409 and "no fused_moe results" in not_moe.json()["detail"]
-    assert client.get(f"/jobs/{job}/export", params={"format": "autotune"}).status_code == 409
-    assert client.get("/jobs/job-ffffffffffff").status_code == 404
+    assert client.get(f"/jobs/{job}/export", params={"format": "autotune"}, headers=AUTH).status_code == 409
+    assert client.get("/jobs/job-ffffffffffff", headers=AUTH).status_code == 404
 
 
 def test_cancel_drops_pending_trials(service, client):
@@ -86,5 +94,8 @@ def test_cancel_drops_pending_trials(service, client):
     assert r.status_code == 200 and r.json()["state"] == "cancelled"
     assert r.json()["trials"]["pending"] == 0 and r.json()["trials"]["skipped_by"] == {"cancelled": 336}
     service.start_worker("late")  # a worker that now receives the queued messages runs none of them
-    time.sleep(3)
-    assert client.get(f"/jobs/{job}").json()["trials"]["finished"] == 0
+    # wait until it has taken every message of the job off the queue (each delivery finds its ticket cancelled)
+    wait_for(lambda: broker.llen(queue) <= queued, 120, "the late worker to drain the queue", interval=0.5)
+    record = client.get(f"/jobs/{job}", headers=AUTH).json()
+    assert record["state"] == "cancelled" and record["trials"]["finished"] == 0 and record["trials"]["running"] == 0
+    assert {t["state"] for t in service.tickets(job)} == {"cancelled"}

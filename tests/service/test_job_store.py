@@ -3,6 +3,7 @@ same moment, or a worker and a reaper, must never leave behind."""
 
 from __future__ import annotations
 
+import secrets
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -86,3 +87,48 @@ def test_a_worker_and_a_reaper_closing_the_last_two_trials_release_the_finalize_
 
             released.append(at_once(pool, partial(store.finish, held, "ok", 0), partial(reap, store, expired)))
     assert released == [1] * ROUNDS
+
+
+def test_a_job_table_of_an_older_version_forgets_its_mlflow_urls(pg_url):
+    """Older versions stored the MLflow URL, password included, in each job record. Opening the store
+    turns the column into the setting's name and drops the URLs."""
+    from tests.service.conftest import PG_ADMIN
+
+    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    name = f"cotune_old_{secrets.token_hex(4)}"
+    with admin.connect() as c:
+        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.engine.make_url(pg_url).set(database=name).render_as_string(hide_password=False)
+    old = sa.create_engine(url)
+    try:
+        with old.begin() as c:
+            c.execute(
+                sa.text(
+                    "CREATE TABLE cotune_jobs (id varchar(40) PRIMARY KEY, name varchar(100) NOT NULL, "
+                    "state varchar(16) NOT NULL, hardware varchar(100) NOT NULL, spec text NOT NULL, mlflow_uri text, "
+                    "created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now(), "
+                    "deadline timestamptz, error text)"
+                )
+            )
+            c.execute(
+                sa.text(
+                    "INSERT INTO cotune_jobs (id, name, state, hardware, spec, mlflow_uri) VALUES "
+                    "('job-0ld000000000', 'old', 'succeeded', 'cpu', '{}', 'http://u:old-mlflow-password@mlflow:5000')"
+                )
+            )
+        store = JobStore(url)
+        assert store.record("job-0ld000000000")["mlflow_setting"] == "MLFLOW_TRACKING_URI"
+        with old.connect() as c:
+            rows = c.execute(sa.text("SELECT * FROM cotune_jobs")).all()
+        assert "old-mlflow-password" not in repr(rows)
+        JobStore(url)  # opening it again changes nothing
+    finally:
+        old.dispose()
+        from cotune.tuner.store.pg import _engines
+
+        engine = _engines.pop(url, None)
+        if engine is not None:
+            engine.dispose()
+        with admin.connect() as c:
+            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import typer
 from cotune.tuner.errors import CotuneError
+from cotune.tuner.spec.redact import Redactor
 from rich.console import Console
 
 # soft_wrap: a line is not broken at 80 columns when the output is a pipe or a log file; the terminal wraps
@@ -23,7 +24,8 @@ def clean_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except CotuneError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            # a URL in the message keeps its host but not its password (a broker or tracking-server URL)
+            err.print(f"[red]error:[/red] {Redactor()(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from cotune.tuner.cli.console import clean_errors, out
+from cotune.tuner.cli.console import clean_errors, err, out
 from cotune.tuner.device.profiles import CPU_KIND
 from rich.table import Table
 
@@ -153,7 +153,10 @@ def worker(
 ) -> None:
     """Start a Celery worker: one GPU (or the CPU), one task at a time, on its hardware's queue."""
     from cotune.tuner.device.profiles import gpu_name, queue_name, slugify
+    from cotune.tuner.spec.redact import install_log_redaction
+    from cotune.tuner.spec.settings import ServiceSettings
 
+    install_log_redaction(ServiceSettings.from_env().redactor())  # Celery's and the reaper's lines
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
         os.environ["COTUNE_DEVICE"] = "cuda"
@@ -185,9 +188,27 @@ def worker(
 
 
 @clean_errors
-def api(host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve the REST API (FastAPI); writes need the bearer token in $COTUNE_API_TOKEN."""
+def api(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    public_reads: Annotated[
+        bool, typer.Option("--public-reads", help="serve GET requests without a token (writes still need one)")
+    ] = False,
+    insecure_dev: Annotated[
+        bool,
+        typer.Option("--insecure-dev", help="start without a token of 32+ characters: for a trial on localhost only"),
+    ] = False,
+) -> None:
+    """Serve the REST API (FastAPI). Writes need $COTUNE_API_TOKEN, reads it or $COTUNE_API_READ_TOKEN
+    (unless --public-reads); it refuses to start without a token of at least 32 characters."""
     import uvicorn
     from cotune.tuner.service.api import create_app
+    from cotune.tuner.spec.redact import install_log_redaction
+    from cotune.tuner.spec.settings import ServiceSettings
 
-    uvicorn.run(create_app(), host=host, port=port)
+    settings = ServiceSettings.from_env(public_reads=public_reads)
+    install_log_redaction(settings.redactor())  # uvicorn's access and error logs included
+    app = create_app(settings, insecure_dev=insecure_dev)
+    if insecure_dev and settings.token_problems():
+        err.print(f"warning: --insecure-dev: {'; '.join(settings.token_problems())}", highlight=False)
+    uvicorn.run(app, host=host, port=port)

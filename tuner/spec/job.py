@@ -4,15 +4,41 @@ from __future__ import annotations
 
 import enum
 import itertools
+import math
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from cotune.tuner.errors import CotuneError, SpecError
 from cotune.tuner.measure.kernel import BenchSettings
 from cotune.tuner.measure.registry import get_kernel
 from cotune.tuner.types import Objective, Precision, Problem
 from cotune.tuner.yaml_lines import describe, load_yaml, load_yaml_file
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+# Every number in a spec is finite and bounded, so that no value can overflow a timer, a database interval
+# or a loop (a service takes specs from the network). The bounds are far beyond any real job; the service
+# adds its own, tighter limits (docs/service.md).
+MAX_SECONDS = 30 * 86400.0
+MAX_TRIALS = 1_000_000
+MAX_REPEATS = 100_000
+MAX_DIM = 2**31 - 1  # kernels index with 32-bit integers
+MAX_VALUES = 4096  # values of one list-valued shape dim
+MAX_PROBLEMS = 100_000  # problems a spec may expand to; counted before expanding
+MAX_SEED = 2**32 - 1  # numpy's seeds
+MAX_SPEC_BYTES = 10_000_000
+
+
+def _seconds(default: float | None, description: str | None = None, upper: float = MAX_SECONDS) -> Any:
+    return Field(default=default, gt=0, le=upper, allow_inf_nan=False, strict=True, description=description)
 
 
 class _Strict(BaseModel):
@@ -20,10 +46,13 @@ class _Strict(BaseModel):
 
 
 class Budget(_Strict):
-    trials: int | None = Field(default=None, gt=0, description="measured trials per problem")
-    wall_time_s: float | None = Field(default=None, gt=0, description="wall time per problem")
-    patience: int | None = Field(
-        default=None, gt=0, description="stop a problem after this many measured trials without a 1 % gain"
+    trials: StrictInt | None = Field(default=None, gt=0, le=MAX_TRIALS, description="measured trials per problem")
+    wall_time_s: float | None = _seconds(None, "wall time per problem")
+    patience: StrictInt | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_TRIALS,
+        description="stop a problem after this many measured trials without a 1 % gain",
     )
     table_patience: int | None = Field(
         default=None,
@@ -42,7 +71,7 @@ class Budget(_Strict):
 
 class SamplerSpec(_Strict):
     name: Literal["cotune", "tpe", "tpe-mv", "random", "gp", "cmaes"] = "cotune"
-    seed: int | None = None
+    seed: StrictInt | None = Field(default=None, ge=0, le=MAX_SEED)
     transfer: Literal[True, False, "winner", "model"] = Field(
         default=True,
         description="warm starts from other shapes of this kernel in the same storage. winner: measure first"
@@ -60,14 +89,21 @@ class SamplerSpec(_Strict):
 
 
 class BenchSpec(_Strict):
-    warmup: int = Field(default=1, ge=0)
-    repeats: int = Field(default=5, ge=1)
-    timeout_s: float = Field(default=60.0, gt=0)
-    remeasure_repeats: int = Field(default=15, ge=1)
-    target_ms: float = Field(default=100.0, gt=0, description="GPU: kernel time to spend on timed repeats")
-    max_repeats: int = Field(default=1000, ge=1)
-    cuda_graph: bool = Field(default=False, description="GPU: time calls replayed from a CUDA graph")
-    compile_workers: int = Field(
+    warmup: StrictInt = Field(default=1, ge=0, le=MAX_REPEATS)
+    repeats: StrictInt = Field(default=5, ge=1, le=MAX_REPEATS)
+    timeout_s: float = _seconds(60.0, "per candidate: compile, verify and time it within this", upper=86400.0)
+    remeasure_repeats: StrictInt = Field(default=15, ge=1, le=MAX_REPEATS)
+    target_ms: float = Field(
+        default=100.0,
+        gt=0,
+        le=60_000,
+        allow_inf_nan=False,
+        strict=True,
+        description="GPU: kernel time to spend on timed repeats",
+    )
+    max_repeats: StrictInt = Field(default=1000, ge=1, le=MAX_REPEATS)
+    cuda_graph: bool = Field(default=False, strict=True, description="GPU: time calls replayed from a CUDA graph")
+    compile_workers: StrictInt = Field(
         default=2, ge=0, le=64, description="processes compiling upcoming candidates while one is timed (0: off)"
     )
 
@@ -96,32 +132,39 @@ class SelectionSpec(_Strict):
 
     policy: Policy = Policy.FASTEST
     energy_slack: float = Field(
-        default=0.1, ge=0, description="fastest_within_energy: energy at most (1 + slack) x the front's lowest"
+        default=0.1,
+        ge=0,
+        le=100,
+        allow_inf_nan=False,
+        description="fastest_within_energy: energy at most (1 + slack) x the front's lowest",
     )
 
 
-ShapeValue = int | list[int]
+# Strict: a YAML ``true`` is no shape (pydantic would read it as 1).
+ShapeValue = StrictInt | list[StrictInt]
 
 
 class JobSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     kernel: str
-    problems: list[dict[str, ShapeValue]] = Field(min_length=1)
-    precisions: list[Precision] = [Precision.FP32]
+    problems: list[dict[str, ShapeValue]] = Field(min_length=1, max_length=MAX_PROBLEMS)
+    precisions: list[Precision] = Field(default=[Precision.FP32], min_length=1, max_length=16)
     objective: Objective = Objective.MIN_TIME
     accuracy_bound: float | None = Field(
         default=None,
         gt=0,
+        le=1e6,
+        allow_inf_nan=False,
         description="max relative error against fp32 a precision may have; the fastest precision within it wins",
     )
     budget: Budget
     selection: SelectionSpec = SelectionSpec()
     sampler: SamplerSpec = SamplerSpec()
-    top_k: int = Field(default=3, ge=1)
+    top_k: StrictInt = Field(default=3, ge=1, le=1000)
     bench: BenchSpec = BenchSpec()
     search_space: Path | None = Field(default=None, description="space file overriding search_spaces/")
-    storage: str | None = Field(default=None, description="Optuna storage URL")
-    mlflow_tracking_uri: str | None = None
+    storage: str | None = Field(default=None, max_length=2000, description="Optuna storage URL (local runs only)")
+    mlflow_tracking_uri: str | None = Field(default=None, max_length=2000, description="(local runs only)")
 
     @field_validator("kernel")
     @classmethod
@@ -140,9 +183,11 @@ class JobSpec(_Strict):
             for dim, value in shape.items():
                 values = value if isinstance(value, list) else [value]
                 flag = dim in flags
-                if not values or any(v not in (0, 1) if flag else v <= 0 for v in values):
-                    need = "0 or 1" if flag else "a positive integer or a non-empty list of them"
+                if not values or any(v not in (0, 1) if flag else not 0 < v <= MAX_DIM for v in values):
+                    need = "0 or 1" if flag else f"a positive integer up to {MAX_DIM} or a non-empty list of them"
                     raise ValueError(f"problems.{i}.{dim} must be {need}")
+                if len(values) > MAX_VALUES:
+                    raise ValueError(f"problems.{i}.{dim}: {len(values)} values, more than {MAX_VALUES}")
         return problems
 
     @model_validator(mode="after")
@@ -168,6 +213,8 @@ class JobSpec(_Strict):
             raise ValueError("budget.table_patience: early stop follows one objective; drop it for time_and_energy")
         if self.selection != SelectionSpec() and not self.objective.multi:
             raise ValueError("selection: a policy picks from a Pareto front; set objective: time_and_energy")
+        if self.problem_count() > MAX_PROBLEMS:
+            raise ValueError(f"problems: expand to {self.problem_count():,} problems, more than {MAX_PROBLEMS:,}")
         bad = [p.value for p in self.precisions if p not in kernel.precisions]
         if bad:
             raise ValueError(
@@ -175,6 +222,12 @@ class JobSpec(_Strict):
                 f"not {', '.join(bad)}"
             )
         return self
+
+    def problem_count(self) -> int:
+        """How many problems :meth:`expand` makes at most, computed without making them (duplicates count)."""
+        return len(self.precisions) * sum(
+            math.prod(len(v) if isinstance(v, list) else 1 for v in shape.values()) for shape in self.problems
+        )
 
     def expand(self) -> list[Problem]:
         """Cross product of every list-valued shape field, times the precisions, in spec order."""
@@ -194,7 +247,12 @@ def parse_spec(text: str, source: str = "<spec>", base_dir: Path | None = None) 
 
 
 def load_spec(path: Path) -> JobSpec:
-    data, lines = load_yaml_file(path)
+    try:
+        if path.is_file() and path.stat().st_size > MAX_SPEC_BYTES:
+            raise SpecError(f"{path}: {path.stat().st_size:,} bytes; a job spec is at most {MAX_SPEC_BYTES:,}")
+        data, lines = load_yaml_file(path)
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not a text file (byte {exc.start} is not UTF-8); a job spec is YAML") from None
     return _validate(data, lines, str(path), path.parent)
 
 

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 
 class JobState(enum.StrEnum):
+    SUBMITTING = "submitting"  # recorded, its studies and MLflow runs being made; no ticket is queued yet
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -16,7 +17,8 @@ class JobState(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
-ACTIVE = (JobState.QUEUED, JobState.RUNNING)
+ACTIVE = (JobState.QUEUED, JobState.RUNNING)  # workers run tickets of these jobs only
+ENDABLE = (JobState.SUBMITTING, *ACTIVE)
 
 
 class TicketKind(enum.StrEnum):
@@ -46,7 +48,9 @@ jobs = sa.Table(
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("hardware", sa.String(100), nullable=False),
     sa.Column("spec", sa.Text, nullable=False),
-    sa.Column("mlflow_uri", sa.Text, nullable=True),
+    # The name of the server setting that says where its MLflow runs go (MLFLOW_TRACKING_URI), never the
+    # URL itself: a record holds no credential, and a worker resolves the name from its own settings.
+    sa.Column("mlflow_setting", sa.String(64), nullable=True),
     sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
     sa.Column("deadline", sa.DateTime(timezone=True), nullable=True),
@@ -108,3 +112,21 @@ class Expired:
 
 def create_tables(engine: sa.Engine) -> None:
     _meta.create_all(engine, checkfirst=True)
+    with engine.begin() as c:
+        c.execute(sa.text(_FORGET_MLFLOW_URIS))
+
+
+# Tables made by versions that stored the MLflow URL (credentials included) in the job record: the column
+# becomes the setting name, and the URLs are gone. The advisory lock serialises processes starting at once.
+_FORGET_MLFLOW_URIS = """
+DO $$ BEGIN
+  PERFORM pg_advisory_xact_lock(hashtext('cotune_jobs.mlflow_setting'));
+  IF EXISTS (SELECT 1 FROM information_schema.columns
+             WHERE table_name = 'cotune_jobs' AND column_name = 'mlflow_uri' AND table_schema = current_schema()) THEN
+    ALTER TABLE cotune_jobs DROP COLUMN IF EXISTS mlflow_setting;
+    ALTER TABLE cotune_jobs RENAME COLUMN mlflow_uri TO mlflow_setting;
+    UPDATE cotune_jobs SET mlflow_setting = 'MLFLOW_TRACKING_URI' WHERE mlflow_setting IS NOT NULL;
+    ALTER TABLE cotune_jobs ALTER COLUMN mlflow_setting TYPE varchar(64);
+  END IF;
+END $$;
+"""

@@ -16,13 +16,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import sqlalchemy as sa
 from cotune.tuner.errors import NotFoundError, StorageError
 from cotune.tuner.store.job_tables import (
     ACTIVE,
+    ENDABLE,
     MAX_ATTEMPTS,
     OPEN,
     Claim,
@@ -39,13 +40,17 @@ from cotune.tuner.store.pg import engine_for, first_line, from_now, interval, sa
 
 
 class JobStore:
-    def __init__(self, url: str) -> None:
+    """``scrub`` masks credentials in every error text before it is stored (the service passes its
+    settings' redactor): a job record never holds one, whatever an exception quoted."""
+
+    def __init__(self, url: str, scrub: Callable[[str], str] | None = None) -> None:
         if not url.startswith("postgresql"):
             raise StorageError(
                 f"the service needs PostgreSQL for its shared storage (got {url.split(':', 1)[0]}); "
                 "set COTUNE_STORAGE=postgresql+psycopg2://USER@HOST:5432/DB"
             )
         self.url = url
+        self.scrub = scrub or (lambda text: text)
         self.engine = engine_for(url)
         try:
             create_tables(self.engine)
@@ -59,23 +64,27 @@ class JobStore:
         name: str,
         hardware: str,
         spec: dict[str, Any],
-        mlflow_uri: str | None,
+        mlflow_setting: str | None,
         study_budgets: Iterable[tuple[str, dict[str, Any], int, str | None]],
         wall_time_s: float | None,
         job_id: str | None = None,
+        state: JobState = JobState.QUEUED,
     ) -> tuple[str, list[int]]:
-        """Record a job with its studies and tickets in one transaction; returns the id and trial tickets."""
+        """Record a job with its studies and tickets in one transaction; returns the id and trial tickets.
+
+        ``mlflow_setting`` names the server setting its runs go to, not a URL. A job made ``SUBMITTING``
+        runs nothing until :meth:`mark_queued`; its deadline starts then."""
         job_id = job_id or new_job_id()
         with self.engine.begin() as c:
             c.execute(
                 jobs.insert().values(
                     id=job_id,
                     name=name,
-                    state=JobState.QUEUED.value,
+                    state=state.value,
                     hardware=hardware,
                     spec=json.dumps(spec),
-                    mlflow_uri=mlflow_uri,
-                    deadline=from_now(wall_time_s) if wall_time_s else None,
+                    mlflow_setting=mlflow_setting,
+                    deadline=from_now(wall_time_s) if wall_time_s and state is not JobState.SUBMITTING else None,
                 )
             )
             rows = []
@@ -96,6 +105,70 @@ class JobStore:
             ]
         trial_ids = [i for i, r in zip(ids, rows, strict=True) if r["kind"] == TicketKind.TRIAL.value]
         return job_id, trial_ids
+
+    def set_run_ids(self, job_id: str, run_ids: dict[str, str]) -> None:
+        """Record each study's MLflow parent run (study name -> run id)."""
+        with self.engine.begin() as c:
+            for study, run_id in run_ids.items():
+                c.execute(
+                    studies.update()
+                    .where(studies.c.job_id == job_id, studies.c.name == study)
+                    .values(mlflow_run_id=run_id)
+                )
+            c.execute(jobs.update().where(jobs.c.id == job_id).values(updated_at=sa.func.now()))
+
+    def touch(self, job_id: str) -> None:
+        """A submit still at work on the job: it is not abandoned (see :meth:`take_abandoned`)."""
+        with self.engine.begin() as c:
+            c.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.state == JobState.SUBMITTING.value)
+                .values(updated_at=sa.func.now())
+            )
+
+    def mark_queued(self, job_id: str, wall_time_s: float | None) -> bool:
+        """End a submit: the job's tickets may run from now on. False if the job was cancelled or given up
+        as abandoned meanwhile (its submitter then removes what it made)."""
+        with self.engine.begin() as c:
+            return bool(
+                c.execute(
+                    jobs.update()
+                    .where(jobs.c.id == job_id, jobs.c.state == JobState.SUBMITTING.value)
+                    .values(
+                        state=JobState.QUEUED.value,
+                        updated_at=sa.func.now(),
+                        deadline=from_now(wall_time_s) if wall_time_s else None,
+                    )
+                ).rowcount
+            )
+
+    def delete_job(self, job_id: str) -> None:
+        """Remove a job that never reached its submitter's client, with its studies and tickets."""
+        with self.engine.begin() as c:
+            c.execute(jobs.delete().where(jobs.c.id == job_id))
+
+    def take_abandoned(self, older_than_s: float) -> list[dict[str, Any]]:
+        """Fail the jobs left ``submitting`` by a submitter that stopped (killed mid-submit) and return them,
+        so the caller removes their studies and MLflow runs. Atomic: of two sweepers, one gets each job."""
+        error = "the submit was interrupted (the API or CLI stopped) before its tickets were queued; nothing ran"
+        with self.engine.begin() as c:
+            rows = c.execute(
+                jobs.update()
+                .where(
+                    jobs.c.state == JobState.SUBMITTING.value,
+                    jobs.c.updated_at < sa.func.now() - interval(older_than_s),
+                )
+                .values(state=JobState.FAILED.value, error=error, updated_at=sa.func.now())
+                .returning(jobs.c.id, jobs.c.name)
+            ).all()
+            ids = [r.id for r in rows]
+            if ids:
+                c.execute(
+                    tickets.update()
+                    .where(tickets.c.job_id.in_(ids), tickets.c.state == TicketState.PENDING.value)
+                    .values(state=TicketState.CANCELLED.value)
+                )
+        return [{"id": r.id, "name": r.name} for r in rows]
 
     def job(self, job_id: str) -> dict[str, Any]:
         with self.engine.connect() as c:
@@ -135,16 +208,17 @@ class JobStore:
         return self._end(job_id, JobState.CANCELLED)
 
     def fail_job(self, job_id: str, error: str) -> None:
-        self._end(job_id, JobState.FAILED, error[:5000])
+        self._end(job_id, JobState.FAILED, self.scrub(error)[:5000])
 
     def _end(self, job_id: str, state: JobState, error: str | None = None) -> bool:
-        """End an active job in ``state``; its pending tickets will not run. False if it had already ended."""
+        """End a job still submitting or active in ``state``; its pending tickets will not run. False if it
+        had already ended."""
         values: dict[str, Any] = {"state": state.value, "updated_at": sa.func.now()}
         if error is not None:
             values["error"] = error
         with self.engine.begin() as c:
             changed = c.execute(
-                jobs.update().where(jobs.c.id == job_id, jobs.c.state.in_([s.value for s in ACTIVE])).values(**values)
+                jobs.update().where(jobs.c.id == job_id, jobs.c.state.in_([s.value for s in ENDABLE])).values(**values)
             ).rowcount
             c.execute(
                 tickets.update()
@@ -227,6 +301,7 @@ class JobStore:
 
     def release_after_error(self, claim: Claim, error: str) -> bool:
         """Put a ticket whose task raised back up; after MAX_ATTEMPTS failures, fail the job. True if retried."""
+        error = self.scrub(error)
         with self.engine.begin() as c:
             row = c.execute(
                 tickets.update()
@@ -391,7 +466,7 @@ class JobStore:
             "updated_at": _iso(job["updated_at"]),
             "deadline": _iso(job["deadline"]),
             "error": job["error"],
-            "mlflow_tracking_uri": job["mlflow_uri"],
+            "mlflow_setting": job["mlflow_setting"],
             "trials": {
                 "requested": sum(trial.values()),
                 "finished": done.get("ok", 0) + done.get("fail", 0),
