@@ -15,7 +15,7 @@ interquartile range over the median ("spread"); not the calls themselves. So the
 not replayed: a median of n calls reads ``true x (1 + e)``, e normal with variance ``run^2 + (0.93 s / sqrt(n))^2``,
 where s is the config's recorded spread (0.93 s / sqrt(n) is the standard error of a median of n normal calls
 whose interquartile range is s) and ``run`` the run-to-run spread of one config's 200-call median, read from
-the 3 shuffled rounds of bench/results/launch_bound_h100.json (head start on). The recorded median is taken
+the 3 shuffled rounds of bench/experiments/results/launch_bound_h100.json (head start on). The recorded median is taken
 as the true time. A bias between short and long timings (clocks, caches) cannot be seen offline;
 bench/gpu_evidence.py's stopwatch step measures it on a GPU.
 
@@ -175,7 +175,7 @@ def search(data: ReplayData, watch: Stopwatch, arm: Arm, seed: int, budget: int)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=REPO / "bench/results/replay_h100")
-    ap.add_argument("--launch-bound", type=Path, default=REPO / "bench/results/launch_bound_h100.json")
+    ap.add_argument("--launch-bound", type=Path, default=REPO / "bench/experiments/results/launch_bound_h100.json")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--budget", type=int, default=100)
     ap.add_argument("--out", type=Path, default=REPO / "bench/results/screening_h100.json")

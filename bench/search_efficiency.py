@@ -126,7 +126,7 @@ def one(args: tuple[str, str, int, int]) -> dict:
 
 def _best_config(data: ReplayData, evaluated: list[tuple]) -> list | None:
     """The fastest config among the first evaluations: what a run would hand to serving at that point, and
-    what ``bench/program_scores.py`` scores by its program's time."""
+    what ``bench/experiments/program_scores.py`` scores by its program's time."""
     timed = [p for p in evaluated if data.records[p].time_ms is not None]
     return list(min(timed, key=lambda p: data.records[p].time_ms)) if timed else None
 

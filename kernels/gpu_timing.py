@@ -11,7 +11,7 @@ queued the whole batch before the GPU reaches it. Without that, a kernel shorter
 (a Triton launch with many arguments takes tens of microseconds of Python, more on a loaded CPU) is timed
 from its start event to its end *including the wait for the host to launch it*. On an H100, M=16 matmuls
 of 40-60 us then read a median 1.16-2.16x slow (up to 3.4x), and configs that run the same program
-disagreed by a median 22-69 %; with the head start, by 0.2-0.8 % (bench/results/launch_bound_h100.json).
+disagreed by a median 22-69 %; with the head start, by 0.2-0.8 % (bench/experiments/results/launch_bound_h100.json).
 
 Screening: with ``bench.screen_cutoff_s`` set, a short timing (``screen_target_s`` of kernel time, at least
 ``repeats`` calls) comes first, and only a candidate whose median is within the cutoff is timed to

@@ -54,12 +54,13 @@ class Budget(_Strict):
         le=MAX_TRIALS,
         description="stop a problem after this many measured trials without a 1 % gain",
     )
-    table_patience: int | None = Field(
+    table_patience: StrictInt | None = Field(
         default=None,
         gt=0,
-        description="tune the batch sizes of each shape as a table: largest and smallest first, then the middles;"
-        " a batch size whose tuned neighbours on both sides share a winner stops after this many measured trials"
-        " without a 1 % gain",
+        le=MAX_TRIALS,
+        description="tune the batch sizes of each shape as a table: smallest and largest first, then the middles;"
+        " a batch size where its tuned neighbours' winners time within 2 % of each other stops after this many"
+        " measured trials without a 1 % gain",
     )
 
     @model_validator(mode="after")

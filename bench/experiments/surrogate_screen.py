@@ -1,6 +1,7 @@
 """Research diagnostic: how well can a model trained on some configs of a recorded cache point at its optimum?
 
-    python bench/surrogate_screen.py [--train 60 200] [--draws 4] [--out bench/results/surrogate_screen.json]
+    python bench/experiments/surrogate_screen.py [--train 60 200] [--draws 4] \
+        [--out bench/experiments/results/surrogate_screen.json]
 
 For each hard file, it draws ``--draws`` training sets of N configs (half at random, half from the fastest
 20 %, as a search's measurements lean towards good configs; the optimum itself is never in it), fits each
@@ -19,6 +20,7 @@ pairs: a second-order model of coupled params).
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -35,6 +37,8 @@ from pathlib import Path
 import cotune.tuner.search.candidate_sampler as cs
 import numpy as np
 from cotune.tuner.search.replay import load_recording
+
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the bench/ folder: its maintained benchmarks
 from sampler_variants import HARD_FILES  # bench/ is on sys.path when run as a script
 from search_efficiency import machine
 
@@ -114,7 +118,7 @@ def main() -> None:
     ap.add_argument("--files", nargs="*", default=list(HARD_FILES))
     ap.add_argument("--train", type=int, nargs="+", default=[60, 200])
     ap.add_argument("--draws", type=int, default=4)
-    ap.add_argument("--out", type=Path, default=Path("bench/results/surrogate_screen.json"))
+    ap.add_argument("--out", type=Path, default=Path("bench/experiments/results/surrogate_screen.json"))
     args = ap.parse_args()
     started = dt.datetime.now(dt.UTC)
     jobs = [(str(args.data / f), n, d) for n in args.train for f in args.files for d in range(args.draws)]

@@ -1,15 +1,16 @@
 """Where a search's evaluations go on the hard files: reaching the optimum's basin, or walking inside it.
 
-    python bench/walk_cost.py [VARIANT] [--budget 200] [--seeds 20] [--out bench/results/walk_cost.json]
+    python bench/experiments/walk_cost.py [VARIANT] [--budget 200] [--seeds 20] \
+        [--out bench/experiments/results/walk_cost.json]
 
-The optimum's basin is the set of configs from which steepest descent over one-param neighbours (move to
-the fastest neighbour while it is faster) ends at the optimum. For each run of a ``bench/sampler_variants.py``
-variant (the default: the sampler's own picks) it records the evaluation at which the best config so far
-first lies in that basin, and the one at which it is the optimum; the difference is what the walk inside the
-basin cost. For each file it also gives the basin's share of the space, the median one-param neighbourhood
-and the median number of steepest-descent steps from a basin config to the optimum (300 configs drawn with
-seed 0), which is what a walk that always chose the right neighbour would spend.
-"""
+The optimum's basin is the set of configs from which steepest descent over one-param neighbours (move to the
+fastest neighbour while it is faster) ends at the optimum. For each run of a
+``bench/experiments/sampler_variants.py`` variant (the default: the sampler's own picks) it records the
+evaluation at which the best config so far first lies in that basin, and the one at which it is the optimum;
+the difference is what the walk inside the basin cost. For each file it also gives the basin's share of the
+space, the median one-param neighbourhood and the median number of steepest-descent steps from a basin config
+to the optimum (300 configs drawn with seed 0), which is what a walk that always chose the right neighbour
+would spend. """
 
 from __future__ import annotations
 
@@ -104,7 +105,7 @@ def main() -> None:
     ap.add_argument("--files", nargs="*", default=list(HARD_FILES))
     ap.add_argument("--budget", type=int, default=200)
     ap.add_argument("--seeds", type=int, default=20)
-    ap.add_argument("--out", type=Path, default=Path("bench/results/walk_cost.json"))
+    ap.add_argument("--out", type=Path, default=Path("bench/experiments/results/walk_cost.json"))
     args = ap.parse_args()
     started = dt.datetime.now(dt.UTC)
     jobs = [(str(args.data / f), args.variant, s, args.budget) for f in args.files for s in range(args.seeds)]

@@ -1,6 +1,7 @@
 """A recording's landscape around its optimum: two params varied, the others held at the optimum's values.
 
-    python bench/landscape_slice.py ../shared/bench/replay/convolution_milo_A100.json.gz block_size_x block_size_y
+    python bench/experiments/landscape_slice.py ../shared/bench/replay/convolution_milo_A100.json.gz \
+        block_size_x block_size_y
 
 Prints time / optimum for each pair of values ("---" where the config is outside the space or failed).
 It shows what a search is up against where the optimum is a needle: whether its neighbours point to it.

@@ -1,7 +1,7 @@
 """Research harness: variants of the cotune sampler's method, replayed without Optuna on the hard files.
 
-    python bench/sampler_variants.py default rf 'default[xi=0.0]' [--budget 50] [--seeds 20]
-        [--out bench/results/sampler_variants.json]
+    python bench/experiments/sampler_variants.py default rf 'default[xi=0.0]' [--budget 50] [--seeds 20]
+        [--out bench/experiments/results/sampler_variants.json]
 
 It drives ``CandidateSampler``'s own proposal logic directly (random starts, then expected improvement with
 the local phase), so the default variant makes exactly the picks the real sampler makes in ``cotune
@@ -59,6 +59,8 @@ from pathlib import Path
 import cotune.tuner.search.candidate_sampler as cs
 import numpy as np
 from cotune.tuner.search.replay import load_recording
+
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the bench/ folder: its maintained benchmarks
 from search_efficiency import _parse_strategy, machine  # bench/ is on sys.path when run as a script
 
 HARD_FILES = (
@@ -455,7 +457,7 @@ def main() -> None:
     ap.add_argument("--files", nargs="*", default=list(HARD_FILES))
     ap.add_argument("--budget", type=int, default=50)
     ap.add_argument("--seeds", type=int, default=20)
-    ap.add_argument("--out", type=Path, default=Path("bench/results/sampler_variants.json"))
+    ap.add_argument("--out", type=Path, default=Path("bench/experiments/results/sampler_variants.json"))
     args = ap.parse_args()
     jobs = [
         (str(args.data / f), v, s, args.budget) for v in args.variants for f in args.files for s in range(args.seeds)

@@ -5,8 +5,8 @@ the CPU idle and with every core but two busy (as while a compile pool runs), in
 order. Twins that disagree under one setting and agree under the other say which setting times the
 kernel. Needs an NVIDIA GPU; writes one JSON with the device, the date and this command.
 
-    python bench/launch_bound.py bench/results/replay_h100/triton_matmul_bf16_K8192_M16_N8192_*.json.gz \
-        [--groups 12] [--rounds 3] [--out bench/results/launch_bound_<gpu>.json]
+    python bench/experiments/launch_bound.py bench/results/replay_h100/triton_matmul_bf16_K8192_M16_N8192_*.json.gz \
+        [--groups 12] [--rounds 3] [--out bench/experiments/results/launch_bound_<gpu>.json]
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from cotune.tuner.measure.kernel import BenchSettings  # noqa: E402
 from cotune.tuner.measure.precompile import precompile_one  # noqa: E402
 from cotune.tuner.measure.registry import get_kernel  # noqa: E402
 from cotune.tuner.types import Config, Problem  # noqa: E402
+
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the bench/ folder: its maintained benchmarks
 from record_cache import DEFAULT_BENCH, parse_bench  # noqa: E402 - bench/ is on sys.path when run as a script
 
 BENCH = parse_bench(DEFAULT_BENCH)  # the recordings' timing settings

@@ -1,7 +1,7 @@
 """How many of a search's evaluations re-measure a program it already measured under another config
 (``Kernel.program_key``), on cotune's own recordings: the GPU time that measuring each program once saves.
 
-    python bench/twin_waste.py [--data bench/results/replay_h100] [--seeds 4] [--budget 200]
+    python bench/experiments/twin_waste.py [--data bench/results/replay_h100] [--seeds 4] [--budget 200]
 
 Replays the search as it ran before programs were known (every config its own evaluation) and counts, per
 run, the evaluations after 50 and after ``--budget`` whose program an earlier evaluation had measured.
@@ -45,14 +45,14 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--budget", type=int, default=200)
     ap.add_argument("--sampler", default="cotune")
-    ap.add_argument("--out", type=Path, default=Path("bench/results/twin_waste_h100.json"))
+    ap.add_argument("--out", type=Path, default=Path("bench/experiments/results/twin_waste_h100.json"))
     args = ap.parse_args()
     start = time.time()
     rows = []
     for path in sorted(args.data.glob("triton_matmul_*.json.gz")):
         rows.append(waste(path, args.seeds, args.budget, args.sampler))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "runs"}), flush=True)
-    doc = {"command": "python bench/twin_waste.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items()),
+    doc = {"command": "python bench/experiments/twin_waste.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items()),
            "date": time.strftime("%Y-%m-%d"), "wall_s": round(time.time() - start, 1), "files": rows}  # fmt: skip
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
 

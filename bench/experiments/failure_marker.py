@@ -1,10 +1,11 @@
 """What reading older Kernel Tuner caches' failure time as a measurement would cost the search.
 
-    python bench/failure_marker.py [--seeds 20] [--budget 50] [--out bench/results/failure_marker.json]
+    python bench/experiments/failure_marker.py [--seeds 20] [--budget 50] \
+        [--out bench/experiments/results/failure_marker.json]
 
 Kernel Tuner releases before the ``CompilationFailedConfig``/``RuntimeFailedConfig`` markers cached a config
 that failed to compile or run with time 1e20. ``cotune.tuner.search.replay`` reads that as a failure. This replays the
-default sampler (``bench/sampler_variants.py``'s ``default``) on the shared caches that hold failures, once
+default sampler (``bench/experiments/sampler_variants.py``'s ``default``) on the shared caches that hold failures, once
 with each failure told as a failure and once with it told as a 1e20 ms measurement, and reports the median
 best/optimum after ``--budget`` evaluations and the runs that hold the optimum.
 """
@@ -44,7 +45,7 @@ def main() -> None:
     ap.add_argument("--files", nargs="*", default=list(FILES))
     ap.add_argument("--budget", type=int, default=50)
     ap.add_argument("--seeds", type=int, default=20)
-    ap.add_argument("--out", type=Path, default=Path("bench/results/failure_marker.json"))
+    ap.add_argument("--out", type=Path, default=Path("bench/experiments/results/failure_marker.json"))
     args = ap.parse_args()
     started = dt.datetime.now(dt.UTC)
     jobs = [

@@ -1,6 +1,7 @@
 """Score search runs on cotune's own recordings by program time instead of single-config time.
 
-    python bench/program_scores.py RESULT.json [RESULT.json ...] [--data bench/results/replay_h100] [--out FILE]
+    python bench/experiments/program_scores.py RESULT.json [RESULT.json ...] [--data bench/results/replay_h100] \
+        [--out FILE]
 
 Configs that run one program (``Kernel.program_key``) differ only by timing noise, so the file's raw optimum
 is partly the luck of one twin's reading. This re-scores the benchmark's runs (``bench/search_efficiency.py``
@@ -19,9 +20,12 @@ import argparse
 import bisect
 import json
 import statistics
+import sys
 from pathlib import Path
 
 from cotune.tuner.search.replay import ReplayData, load_recording
+
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the bench/ folder: its maintained benchmarks
 from search_efficiency import write_result
 
 CHECKPOINTS = ("50", "200")
@@ -118,7 +122,7 @@ def main() -> None:
             met = [r["strategy"] for r in ours if r["median@50"] <= target]
             print(f"  quarter budget (@50 <= Kernel Tuner's best @200, {target:.4f}): {', '.join(met) or 'none'}")
     if args.out:
-        write_result(args.out, "bench/program_scores.py", rows=rows)
+        write_result(args.out, "bench/experiments/program_scores.py", rows=rows)
 
 
 if __name__ == "__main__":
