@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from cotune.tuner.errors import CotuneError
 from cotune.tuner.measure.kernel import BenchSettings, CandidateError, Kernel
 from cotune.tuner.types import DeviceProfile, FailureKind, Measurement, Precision, Problem
 
@@ -138,14 +139,21 @@ def _classify(exc: Exception) -> CandidateError:
 def triton_toolchain() -> dict[str, str]:
     """Versions that decide what a Triton config compiles to and how it runs: Triton, torch, and the CUDA
     runtime and driver when present (recorded with every study and export, compared by revalidate)."""
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
     import torch
 
     # Triton's version from its metadata, not by importing it: Triton reads TRITON_INTERPRET when it is first
     # imported, and a candidate process that runs a kernel on the CPU sets it only when it measures (a process
     # started ahead asks for the toolchain before that).
-    out = {"triton": version("triton"), "torch": torch.__version__}
+    try:
+        triton = version("triton")
+    except PackageNotFoundError:
+        # torch's CPU build does not bring Triton, and the Triton kernels need it even under its interpreter
+        raise CotuneError(
+            "this kernel needs Triton, which is not installed: pip install 'cotune[gpu]' (or pip install triton)"
+        ) from None
+    out = {"triton": triton, "torch": torch.__version__}
     if torch.version.cuda:
         out["cuda"] = torch.version.cuda
     driver = driver_version()

@@ -92,6 +92,8 @@ def test_rerun_resumes_and_measures_nothing_new(job):
     ("args", "spec", "message"),
     [
         (["tune", "spec.yaml"], SPEC.replace("c_matmul", "cublas_magic"), "unknown kernel 'cublas_magic'"),
+        # printed as text, not as Rich markup, which would drop "[gpu]" as a tag
+        (["tune", "spec.yaml"], SPEC.replace("c_matmul", '"c_matmul[gpu]"'), "unknown kernel 'c_matmul[gpu]'"),
         (["tune", "spec.yaml"], SPEC + "bogus: 1\n", "spec.yaml:10: bogus: unknown key"),
         (["tune", "missing.yaml"], SPEC, "missing.yaml: cannot read"),
         (["tune", "spec.yaml", "--storage", "postgresql://127.0.0.1:1/nodb"], SPEC, "cannot open Optuna storage"),

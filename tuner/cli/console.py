@@ -11,6 +11,7 @@ import typer
 from cotune.tuner.errors import CotuneError
 from cotune.tuner.spec.redact import Redactor
 from rich.console import Console
+from rich.markup import escape
 
 # soft_wrap: a line is not broken at 80 columns when the output is a pipe or a log file; the terminal wraps
 out = Console(soft_wrap=True)
@@ -24,8 +25,9 @@ def clean_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except CotuneError as exc:
-            # a URL in the message keeps its host but not its password (a broker or tracking-server URL)
-            err.print(f"[red]error:[/red] {Redactor()(str(exc))}", highlight=False, soft_wrap=True)
+            # a URL in the message keeps its host but not its password (a broker or tracking-server URL); the
+            # message is text, not markup (an extra's name, "cotune[gpu]", would vanish as a tag)
+            err.print(f"[red]error:[/red] {escape(Redactor()(str(exc)))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
