@@ -122,6 +122,30 @@ def storage_costs(redis_url: str, pg_url: str, work: Path, trials: int, read_tri
     return out
 
 
+def best_read(storage_url: str, job: str, repeats: int = 5) -> dict:
+    """What ``GET /jobs/{id}/best`` costs in the API process: the export of a finished service job, read
+    ``repeats`` times in a row in this process (the first read opens the storage)."""
+    import optuna
+    from cotune.tuner.export.build import build_export
+    from cotune.tuner.store.studies import open_storage
+
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        build_export(storage_url, job)
+        times.append(time.perf_counter() - start)
+    studies = optuna.get_all_studies(open_storage(storage_url))
+    out = {
+        "first_ms": round(times[0] * 1e3, 1),
+        "median_ms": round(sorted(times)[len(times) // 2] * 1e3, 1),
+        "repeats": repeats,
+        "studies_in_storage": len(studies),
+        "trials_in_storage": sum(len(s.get_trials(deepcopy=False)) for s in studies),
+    }
+    print(f"  /best: {out}", flush=True)
+    return out
+
+
 def _new_database(pg_url: str, suffix: str) -> str:
     url = sa.engine.make_url(pg_url)
     name = f"{url.database}_{suffix}"
@@ -224,6 +248,7 @@ def main() -> None:
             service.start_worker("w0")
             svc = service_run(service, store, "svc-overhead", args.trials, 1)
             print(f"service: {svc['per_trial_ms']:.1f} ms per trial", flush=True)
+            result["best_read"] = best_read(pg_url, svc["job"])
             result["overhead"] = {
                 "trials": args.trials,
                 "storage": result["service_storage"],
