@@ -65,7 +65,7 @@ def _ask_tell(study, trials: int) -> float:
         trial = study.ask(dist)
         trial.set_user_attr("cotune", {"status": "ok"})
         study.tell(trial, 0.0)
-    return (time.perf_counter() - start) / trials
+    return (time.perf_counter() - start) / max(trials, 1)
 
 
 def _read_back(make) -> tuple[float, float]:
