@@ -83,7 +83,11 @@ def storage_costs(redis_url: str, pg_url: str, work: Path, trials: int, read_tri
     """Each storage in a database (or Redis db, or file) of its own, so that one's size does not slow another."""
     import optuna
     from cotune.tuner.store.pg import engine_for
-    from cotune.tuner.store.pg_journal import PostgresJournalBackend
+
+    try:
+        from cotune.tuner.store.journal_migration import LegacyJournalBackend
+    except ImportError:  # a checkout from before 2026-12-05, measured for the before/after comparison
+        from cotune.tuner.store.pg_journal import PostgresJournalBackend as LegacyJournalBackend
     from optuna.storages import JournalStorage, RDBStorage
     from optuna.storages.journal import JournalRedisBackend
 
@@ -91,8 +95,8 @@ def storage_costs(redis_url: str, pg_url: str, work: Path, trials: int, read_tri
     journal_url, rdb_url = (_new_database(pg_url, suffix) for suffix in ("journal", "rdb"))
     backends = {
         "postgresql, Optuna RDBStorage": lambda: RDBStorage(rdb_url),
-        "postgresql, cotune journal table (tuner/store/pg_journal.py)": lambda: JournalStorage(
-            PostgresJournalBackend(engine_for(journal_url))
+        "postgresql, cotune journal table (the service's storage before 2026-12-05)": lambda: JournalStorage(
+            LegacyJournalBackend(engine_for(journal_url))
         ),
         "redis, Optuna journal": lambda: JournalStorage(JournalRedisBackend(redis_url)),
         "sqlite, Optuna RDBStorage (local only)": lambda: RDBStorage(f"sqlite:///{work}/storage-bench.db"),
@@ -221,6 +225,7 @@ def main() -> None:
         "python": platform.python_version(),
         "command": "python bench/service.py " + " ".join(sys.argv[1:]),
         "commit": _commit(),
+        "load_average_1min_at_start": round(os.getloadavg()[0], 2),
     }
     try:
         from cotune.tuner.store.studies import open_storage
@@ -294,6 +299,7 @@ def main() -> None:
         with admin.connect() as c:
             for name in (db, f"{db}_journal", f"{db}_rdb"):
                 c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    result["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
