@@ -159,6 +159,9 @@ def _run_trial(ctx: WorkerContext, app, claim: Claim) -> str:
         measured.append(number)
         store.set_trial(claim, number)
 
+    # the ticket's sampler seed derives from the job's seed and the ticket's place in its study, so a job
+    # repeats with its seed as far as docs/service.md says (never from the process or the time)
+    session.study.sampler.seed_ticket(claim.ordinal)
     result = session.step_until_measured(on_measure)
     outcome = "exhausted" if result is None else result.status.value
     _finish_trial(ctx, app, claim, outcome, measured[-1] if measured else None)

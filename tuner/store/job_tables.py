@@ -86,6 +86,8 @@ tickets = sa.Table(
     sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("error", sa.Text, nullable=True),
     sa.Index("ix_cotune_tickets_job_state", "job_id", "state"),
+    # a trial ticket's ordinal is counted on it (JobStore.claim)
+    sa.Index("ix_cotune_tickets_study_order", "job_id", "study", "kind", "id"),
 )
 
 
@@ -99,6 +101,8 @@ class Claim:
     kind: TicketKind
     attempt: int
     past_deadline: bool = False
+    # a trial ticket's place among its study's trial tickets (0, 1, ...): what its sampler seed derives from
+    ordinal: int | None = None
 
 
 @dataclass(frozen=True)
@@ -128,5 +132,7 @@ DO $$ BEGIN
     UPDATE cotune_jobs SET mlflow_setting = 'MLFLOW_TRACKING_URI' WHERE mlflow_setting IS NOT NULL;
     ALTER TABLE cotune_jobs ALTER COLUMN mlflow_setting TYPE varchar(64);
   END IF;
+  -- tables made before tickets had an ordinal: the index that counts it
+  CREATE INDEX IF NOT EXISTS ix_cotune_tickets_study_order ON cotune_tickets (job_id, study, kind, id);
 END $$;
 """
