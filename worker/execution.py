@@ -21,6 +21,7 @@ from cotune.tuner.measure.registry import get_kernel
 from cotune.tuner.spec.settings import ServiceSettings
 from cotune.tuner.store.job_tables import Claim, TicketKind
 from cotune.tuner.store.jobs import JobStore
+from cotune.tuner.store.reservations import ProgramReservations
 from cotune.tuner.store.studies import open_storage
 from cotune.tuner.track.tracker import NullTracker, Tracker
 from cotune.tuner.types import DeviceProfile, Problem
@@ -67,6 +68,8 @@ class WorkerContext:
                 study,
                 job_id,
                 parallel=True,
+                # each program is reserved before it is measured, so two workers never measure one
+                reservations=ProgramReservations(self.store.engine, job_id, study),
             )
         return self.sessions[key]
 

@@ -90,6 +90,19 @@ tickets = sa.Table(
     sa.Index("ix_cotune_tickets_study_order", "job_id", "study", "kind", "id"),
 )
 
+# A program (Kernel.program_key) a trial of a study is measuring or has measured: its primary key makes the
+# reservation atomic, so two workers never measure one program (see cotune.tuner.store.reservations).
+reservations = sa.Table(
+    "cotune_reservations",
+    _meta,
+    sa.Column("job_id", sa.String(40), primary_key=True),
+    sa.Column("study", sa.String(500), primary_key=True),
+    sa.Column("program", sa.Text, primary_key=True),
+    sa.Column("trial_number", sa.Integer, nullable=False),
+    sa.Column("reserved_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+    sa.ForeignKeyConstraint(["job_id", "study"], ["cotune_studies.job_id", "cotune_studies.name"], ondelete="CASCADE"),
+)
+
 
 @dataclass(frozen=True)
 class Claim:
