@@ -4,7 +4,8 @@
    with Optuna's RDBStorage, cotune's former journal table on PostgreSQL, Optuna's journal on Redis) and on
    local SQLite, first over ``--trials`` trials, then again once the study holds ``--read-trials``; and what
    reading the studies back costs: a fresh storage object (a new process, or each ``/best`` request while the
-   service replayed its journal on every open) and a repeat read on the same object.
+   service replayed its journal on every open) and a repeat read on the same object; then what
+   ``cotune migrate-journal`` takes to move the journal's study into Optuna's tables.
 2. Orchestration overhead per trial, like with like: the same no-op job (``noop`` kernel sleeping 1 ms) run
    locally on the service's own stores (``tune_job`` on the same PostgreSQL storage, logging to the same
    MLflow server) and through the service (Celery on Redis, one worker). Overhead = service time per trial -
@@ -148,14 +149,30 @@ def best_read(storage_url: str, job: str, repeats: int = 5) -> dict:
     return out
 
 
-def _new_database(pg_url: str, suffix: str) -> str:
+def migration_cost(pg_url: str) -> dict | None:
+    """``cotune migrate-journal``'s work on the journal database of step 1 (one study of ``--read-trials``)."""
+    try:
+        from cotune.tuner.store.journal_migration import migrate_journal
+    except ImportError:  # a checkout from before 2026-12-05 has nothing to migrate to
+        return None
+    report = migrate_journal(_sibling(pg_url, "journal"))
+    out = {"studies": report.studies, "trials": report.trials, "seconds": round(report.seconds, 2)}
+    print(f"  migrate-journal: {out}", flush=True)
+    return out
+
+
+def _sibling(pg_url: str, suffix: str) -> str:
     url = sa.engine.make_url(pg_url)
-    name = f"{url.database}_{suffix}"
+    return url.set(database=f"{url.database}_{suffix}").render_as_string(hide_password=False)
+
+
+def _new_database(pg_url: str, suffix: str) -> str:
+    url = sa.engine.make_url(_sibling(pg_url, suffix))
     admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
     with admin.connect() as c:
-        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        c.execute(sa.text(f'CREATE DATABASE "{url.database}"'))
     admin.dispose()
-    return url.set(database=name).render_as_string(hide_password=False)
+    return url.render_as_string(hide_password=False)
 
 
 def local_per_trial(storage_url: str, mlflow_uri: str, trials: int, name: str) -> float:
@@ -233,6 +250,7 @@ def main() -> None:
         result["service_storage"] = type(open_storage(pg_url)).__name__
         print(f"storage: ask + tell per trial (the service's: {result['service_storage']})", flush=True)
         result["storage"] = storage_costs(redis.url.replace("/0", "/1"), pg_url, work, args.trials, args.read_trials)
+        result["migration"] = migration_cost(pg_url)
         local_sqlite = local_per_trial(
             f"sqlite:///{work}/local-optuna.db", f"sqlite:///{work}/local-mlflow.db", args.trials, "local-sqlite"
         )
