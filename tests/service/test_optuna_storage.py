@@ -9,6 +9,7 @@ import os
 import secrets
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,14 +46,14 @@ def get_json(url: str) -> dict:
         return json.loads(r.read())
 
 
-def test_optuna_dashboard_lists_and_draws_a_service_job(service, tmp_path):
+def test_optuna_dashboard_lists_and_draws_a_service_job(service, tmp_path, read_only):
     service.start_worker("dash")
     job = submit(service, tmp_path, noop_spec("dashboard", trials=4, sleep_ms=5))
     record = wait_job(service, job)
     (study,) = record["studies"]
 
     port = free_port()
-    dashboard = [str(Path(sys.executable).parent / "optuna-dashboard"), service.env["COTUNE_STORAGE"]]
+    dashboard = [str(Path(sys.executable).parent / "optuna-dashboard"), read_only(service.env["COTUNE_STORAGE"])]
     with open(tmp_path / "dashboard.log", "w") as log:
         proc = subprocess.Popen(
             [*dashboard, "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT
@@ -83,9 +84,47 @@ def test_optuna_dashboard_lists_and_draws_a_service_job(service, tmp_path):
         assert attrs["job"] == job  # the study is labelled with the job, as `cotune best` reads it
         with urllib.request.urlopen(f"{base}/dashboard/studies/{summary['study_id']}", timeout=10) as page:
             assert page.status == 200 and b"<html" in page.read().lower()
+        # as the role docs/service.md gives it, it cannot delete what it shows
+        delete = urllib.request.Request(f"{base}/api/studies/{summary['study_id']}", method="DELETE")
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(delete, timeout=10)
+        assert study["name"] in {s["study_name"] for s in get_json(f"{base}/api/studies")["study_summaries"]}
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.fixture
+def read_only() -> Iterator:
+    """A PostgreSQL role that can read a database and nothing more, as docs/service.md has optuna-dashboard
+    run; dropped at the end. Returns the database URL as that role."""
+    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    role = f"cotune_test_ro_{secrets.token_hex(4)}"
+    made: list[str] = []
+
+    def grant(url: str) -> str:
+        target = sa.engine.make_url(url)
+        with admin.connect() as c:
+            c.execute(sa.text(f'CREATE ROLE "{role}" LOGIN'))
+            c.execute(sa.text(f'GRANT CONNECT ON DATABASE "{target.database}" TO "{role}"'))
+        db = sa.create_engine(target, isolation_level="AUTOCOMMIT")
+        with db.connect() as c:
+            c.execute(sa.text(f'GRANT USAGE ON SCHEMA public TO "{role}"'))
+            c.execute(sa.text(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{role}"'))
+        db.dispose()
+        made.append(url)
+        return target.set(username=role, password=None).render_as_string(hide_password=False)
+
+    yield grant
+    for url in made:
+        db = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+        with db.connect() as c:
+            c.execute(sa.text(f'DROP OWNED BY "{role}"'))
+        db.dispose()
+        with admin.connect() as c:
+            c.execute(sa.text(f'REVOKE CONNECT ON DATABASE "{sa.engine.make_url(url).database}" FROM "{role}"'))
+            c.execute(sa.text(f'DROP ROLE IF EXISTS "{role}"'))
+    admin.dispose()
 
 
 # -- the journal of older versions -------------------------------------------------------------------------
