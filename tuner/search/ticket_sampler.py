@@ -13,18 +13,27 @@ from optuna.trial import FrozenTrial, TrialState
 
 
 class TicketSampler(BaseSampler):
-    """Rebuilt, seeded by :func:`~cotune.tuner.search.samplers.ticket_seed`, before each trial ticket
-    (:meth:`seed_ticket`), so what a ticket proposes depends on the job's seed, the ticket and the study's
-    trials, never on which process ran which tickets before (a model sampler's cached fit, a random stream
-    advanced by other tickets). Asks before any ticket draw fresh entropy. Every call of Optuna's sampler
-    contract goes to the sampler it wraps."""
+    """Seeded by :func:`~cotune.tuner.search.samplers.ticket_seed` before each trial ticket
+    (:meth:`seed_ticket`), so a ticket's random draws depend on the job's seed and the ticket, never on the
+    process, the time, or the tickets this process ran before. Optuna's samplers are rebuilt with the seed;
+    the cotune sampler gets a new random stream and keeps its fitted model, whose refits (every 10 results it
+    has seen) do depend on the tickets this process ran (docs/service.md, "Reproducibility"). Asks before any
+    ticket draw fresh entropy. Every call of Optuna's sampler contract goes to the sampler it wraps."""
 
     def __init__(self, build: Callable[[int | None], BaseSampler], seed: int | None) -> None:
         self._build, self._seed = build, seed
         self.inner = build(None)
 
     def seed_ticket(self, ordinal: int) -> None:
-        self.inner = self._build(ticket_seed(self._seed, ordinal))
+        from cotune.tuner.search.candidate_sampler import CandidateSampler
+
+        seed = ticket_seed(self._seed, ordinal)
+        if isinstance(self.inner, CandidateSampler):
+            # only its random stream: its model's kernel is refit every 10 results, which at a few hundred
+            # results takes seconds, too much to repeat for every ticket
+            self.inner.reseed(seed)
+        else:
+            self.inner = self._build(seed)  # Optuna's samplers hold nothing else worth keeping
 
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return self.inner.infer_relative_search_space(study, trial)
