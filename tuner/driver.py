@@ -30,9 +30,19 @@ from cotune.tuner.search.transfer import (
 )
 from cotune.tuner.space.search_space import SearchSpace, load_space
 from cotune.tuner.spec.job import JobSpec
+from cotune.tuner.store.reservations import ProgramReservations
 from cotune.tuner.store.studies import open_storage
 from cotune.tuner.track.tracker import BestLog, StudyInfo, Tracker, TrialLog, run_names
-from cotune.tuner.types import Config, DeviceProfile, FailureKind, Measurement, Objective, Problem, TrialStatus
+from cotune.tuner.types import (
+    Config,
+    DeviceProfile,
+    Failure,
+    FailureKind,
+    Measurement,
+    Objective,
+    Problem,
+    TrialStatus,
+)
 
 # Stop asking when this many proposals in a row were infeasible or already measured.
 MAX_IDLE_PROPOSALS = 200
@@ -159,9 +169,11 @@ class StudySession:
         name: str,
         job: str | None = None,
         parallel: bool = False,
+        reservations: ProgramReservations | None = None,
     ) -> None:
         """``job`` labels the study for ``status``/``export``: the spec's name locally, the job id in service.
-        ``parallel`` is set when other processes ask the same study at the same time."""
+        ``parallel`` is set when other processes ask the same study at the same time; they then reserve each
+        program before measuring it in ``reservations`` (service workers), so no two measure one program."""
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -169,6 +181,8 @@ class StudySession:
         self.tracker = tracker
         self.name = name
         self.parallel = parallel
+        self.reservations = reservations
+        self._lost: set[int] = set()  # trials failed as worker_lost: their reservations may be taken over
         self._distributions = space.distributions()
         programs = feasible_programs(kernel, space, problem, device)
         # one config per program: the sampler never proposes a copy of another
@@ -235,21 +249,49 @@ class StudySession:
     def refresh(self, asked: int | None = None) -> None:
         """Load what other processes measured (and are measuring) so no config is measured twice.
 
-        ``asked``: the trial this process just asked. Only trials asked before it count as in flight, so
-        when two workers ask the same config at the same moment, the earlier trial measures it and the
-        later one yields, whichever process looks first.
+        ``asked``: the trial this process just asked. With reservations, a program is in flight while the
+        running trial that reserved it runs. Without (parallel sessions on a storage with no reservations),
+        only trials asked before ``asked`` count, so the earlier of two simultaneous asks measures; a
+        trial whose params Optuna has not written yet is missed there, which reservations close.
         """
         from optuna.trial import TrialState
 
         in_flight: dict[str, int] = {}
+        running: set[int] = set()
+        lost: set[int] = set()
         for t in self.study.get_trials(deepcopy=False):
             if t.state in (TrialState.COMPLETE, TrialState.FAIL):
                 stored = record(t)
-                if stored.get("failure_kind") != FailureKind.WORKER_LOST.value and "duplicate_of" not in stored:
+                if stored.get("failure_kind") == FailureKind.WORKER_LOST.value:
+                    lost.add(t.number)
+                elif "duplicate_of" not in stored:
                     self.objective.remember(t.number, result_from_trial(t))
-            elif t.state is TrialState.RUNNING and t.params and (asked is None or t.number < asked):
-                in_flight.setdefault(self.objective.program_key(Config.make(t.params)), t.number)
+            elif t.state is TrialState.RUNNING and t.number != asked:
+                running.add(t.number)
+                if self.reservations is None and t.params and (asked is None or t.number < asked):
+                    in_flight.setdefault(self.objective.program_key(Config.make(t.params)), t.number)
+        if self.reservations is not None:
+            in_flight = self.reservations.held(among=running)
         self.objective.in_flight = in_flight
+        self._lost = lost
+
+    def _reserve(self, number: int, config: Config) -> TrialResult | None:
+        """Reserve the config's program for trial ``number`` before measuring it: None when reserved, else the
+        result of the trial that holds it (measured, or in flight)."""
+        program = self.objective.program_key(config)
+        holder = None
+        for _ in range(2):  # a second try once the holder is seen lost
+            holder = self.reservations.reserve(program, number, lost=self._lost)
+            if holder is None:
+                return None
+            self.refresh(asked=number)  # the holder may have finished, or been lost, since the last look
+            screened = self.objective.screen(config)
+            if screened is not None:
+                return screened
+            if holder not in self._lost:
+                break
+        failure = Failure(FailureKind.IN_FLIGHT, f"trial {holder} is measuring this config's program")
+        return TrialResult(config, TrialStatus.PRUNED, failure=failure, duplicate_of=holder)
 
     def enqueue(self, configs: list[Config]) -> None:
         """Have these configs asked first, skipping any the study has already asked."""
@@ -313,6 +355,8 @@ class StudySession:
             self.refresh(asked=trial.number)
         self._ask_ahead()
         result = self.objective.screen(config)
+        if result is None and self.reservations is not None:
+            result = self._reserve(trial.number, config)
         if result is None:
             if on_measure is not None:
                 on_measure(trial.number)

@@ -21,6 +21,7 @@ from cotune.tuner.measure.registry import get_kernel
 from cotune.tuner.spec.settings import ServiceSettings
 from cotune.tuner.store.job_tables import Claim, TicketKind
 from cotune.tuner.store.jobs import JobStore
+from cotune.tuner.store.reservations import ProgramReservations
 from cotune.tuner.store.studies import open_storage
 from cotune.tuner.track.tracker import NullTracker, Tracker
 from cotune.tuner.types import DeviceProfile, Problem
@@ -67,6 +68,8 @@ class WorkerContext:
                 study,
                 job_id,
                 parallel=True,
+                # each program is reserved before it is measured, so two workers never measure one
+                reservations=ProgramReservations(self.store.engine, job_id, study),
             )
         return self.sessions[key]
 
@@ -159,6 +162,9 @@ def _run_trial(ctx: WorkerContext, app, claim: Claim) -> str:
         measured.append(number)
         store.set_trial(claim, number)
 
+    # the ticket's sampler seed derives from the job's seed and the ticket's place in its study, so a job
+    # repeats with its seed as far as docs/service.md says (never from the process or the time)
+    session.study.sampler.seed_ticket(claim.ordinal)
     result = session.step_until_measured(on_measure)
     outcome = "exhausted" if result is None else result.status.value
     _finish_trial(ctx, app, claim, outcome, measured[-1] if measured else None)

@@ -7,7 +7,8 @@ this worker serves:
 1. tickets whose lease ran out are taken back; the trial each was measuring is failed (``worker_lost``)
    unless it had already finished on its own, in which case the ticket counts as done;
 2. RUNNING trials that no live ticket holds and that started more than two leases ago are failed
-   (a worker killed between asking a trial and recording it);
+   (a worker killed between asking a trial and recording it); a trial failed in 1 or 2 gives back the
+   program it had reserved, so that another worker measures it;
 3. a study whose trial tickets are all closed but whose finalize ticket was never released (a job left
    so by a version before the store serialised that release) gets it released;
 4. if the job's queue is empty but it still has pending tickets that were not sent recently, their
@@ -23,14 +24,20 @@ import datetime as dt
 import logging
 import threading
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from celery import Celery
 from cotune.tuner.device.profiles import queue_name
-from cotune.tuner.measure.trial_record import TRIAL_ATTR, counted, fail_lost_trial
+from cotune.tuner.measure.trial_record import TRIAL_ATTR, counted, fail_lost_trial, record
 from cotune.tuner.spec.settings import ServiceSettings
 from cotune.tuner.store.jobs import JobStore
+from cotune.tuner.store.reservations import ProgramReservations
 from cotune.tuner.store.studies import open_storage
+from cotune.tuner.types import FailureKind
 from cotune.worker.dispatch import send_tickets, sweep_abandoned
+
+if TYPE_CHECKING:
+    import optuna
 
 log = logging.getLogger("cotune.reaper")
 
@@ -76,6 +83,7 @@ class Reaper:
                 t = study.get_trials(deepcopy=False)[expired.trial_number]
                 if counted(t):
                     outcome = t.user_attrs[TRIAL_ATTR]["status"]
+                self._release_reservations(job_id, expired.study, study, [expired.trial_number])
             self.store.settle(expired, outcome)
             log.warning(
                 "ticket %s of %s taken back from a lost worker (%s)",
@@ -87,9 +95,14 @@ class Reaper:
         live = self.store.live_trials(job_id)
         cutoff = dt.datetime.now() - dt.timedelta(seconds=2 * self.settings.lease_s)  # Optuna's naive local time
         for name, study in studies.items():
-            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-                if (name, t.number) not in live and t.datetime_start is not None and t.datetime_start < cutoff:
-                    fail_lost_trial(study, t.number, "RUNNING with no live worker holding it")
+            orphans = [
+                t.number
+                for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+                if (name, t.number) not in live and t.datetime_start is not None and t.datetime_start < cutoff
+            ]
+            for number in orphans:
+                fail_lost_trial(study, number, "RUNNING with no live worker holding it")
+            self._release_reservations(job_id, name, study, orphans)
 
         for name in studies:  # after a settled ticket, or left unreleased by an older version
             self._release_finalize(job, name)
@@ -100,6 +113,17 @@ class Reaper:
             log.warning("re-sending %d ticket(s) of %s whose messages are gone", len(stale), job_id)
             send_tickets(self.app, self.store, job["hardware"], [i for i, _ in stale])
         self.store.complete_job_if_done(job_id)
+
+    def _release_reservations(self, job_id: str, name: str, study: optuna.Study, numbers: list[int]) -> None:
+        """Give back the programs of those trials that are now failed as worker_lost, so another worker measures
+        them (:mod:`cotune.tuner.store.reservations`). A trial that finished on its own keeps its program:
+        whoever wants it again reuses its result."""
+        if not numbers:
+            return
+        trials = study.get_trials(deepcopy=False)
+        lost = [n for n in numbers if record(trials[n]).get("failure_kind") == FailureKind.WORKER_LOST.value]
+        if lost:
+            ProgramReservations(self.store.engine, job_id, name).release(lost)
 
     def _release_finalize(self, job: dict, study: str) -> None:
         released = self.store.release_finalize(job["id"], study)

@@ -400,6 +400,7 @@ for _command in (
     service_cli.watch,
     service_cli.wait,
     service_cli.cancel,
+    service_cli.migrate_journal,
     service_cli.worker,
     service_cli.api,
 ):

@@ -1,4 +1,4 @@
-"""Service commands of the ``cotune`` CLI: submit, jobs, watch, wait, cancel, worker, api.
+"""Service commands of the ``cotune`` CLI: submit, jobs, watch, wait, cancel, migrate-journal, worker, api.
 
 ``status``, ``best`` and ``export`` in :mod:`cotune.tuner.cli.main` accept a service job id as well as a local job name.
 """
@@ -132,6 +132,24 @@ def _exit_for(record: dict[str, Any]) -> None:
         if record["error"]:
             out.print(f"[red]error:[/red] {record['error']}")
         raise typer.Exit(1)
+
+
+@clean_errors
+def migrate_journal() -> None:
+    """Move the Optuna studies that cotune before 2026-12-05 kept in its journal table into Optuna's own
+    tables (COTUNE_STORAGE). Stop the API and workers first; run once."""
+    from cotune.tuner.spec.settings import ServiceSettings
+    from cotune.tuner.store.journal_migration import migrate_journal as migrate
+
+    report = migrate(ServiceSettings.from_env().storage)
+    if report.kept_as is None:
+        out.print("nothing to migrate: this database has no cotune journal table")
+        return
+    out.print(
+        f"migrated {report.studies} {'study' if report.studies == 1 else 'studies'} ({report.trials} trials) in "
+        f"{report.seconds:.1f} s; the journal is "
+        f"kept as table {report.kept_as} (drop it once you no longer need it)"
+    )
 
 
 @clean_errors

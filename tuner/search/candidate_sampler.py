@@ -214,6 +214,11 @@ class CandidateSampler(BaseSampler):
     def reseed_rng(self) -> None:
         self._rng = np.random.default_rng()
 
+    def reseed(self, seed: int | None) -> None:
+        """A new random stream from ``seed``; the fitted model (its kernel, refit every ``refit_every``
+        results) stays, as refitting it costs seconds at a few hundred results."""
+        self._rng = np.random.default_rng(seed)
+
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return self._distributions
 

@@ -86,6 +86,21 @@ tickets = sa.Table(
     sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("error", sa.Text, nullable=True),
     sa.Index("ix_cotune_tickets_job_state", "job_id", "state"),
+    # a trial ticket's ordinal is counted on it (JobStore.claim)
+    sa.Index("ix_cotune_tickets_study_order", "job_id", "study", "kind", "id"),
+)
+
+# A program (Kernel.program_key) a trial of a study is measuring or has measured: its primary key makes the
+# reservation atomic, so two workers never measure one program (see cotune.tuner.store.reservations).
+reservations = sa.Table(
+    "cotune_reservations",
+    _meta,
+    sa.Column("job_id", sa.String(40), primary_key=True),
+    sa.Column("study", sa.String(500), primary_key=True),
+    sa.Column("program", sa.Text, primary_key=True),
+    sa.Column("trial_number", sa.Integer, nullable=False),
+    sa.Column("reserved_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+    sa.ForeignKeyConstraint(["job_id", "study"], ["cotune_studies.job_id", "cotune_studies.name"], ondelete="CASCADE"),
 )
 
 
@@ -99,6 +114,8 @@ class Claim:
     kind: TicketKind
     attempt: int
     past_deadline: bool = False
+    # a trial ticket's place among its study's trial tickets (0, 1, ...): what its sampler seed derives from
+    ordinal: int | None = None
 
 
 @dataclass(frozen=True)
@@ -128,5 +145,7 @@ DO $$ BEGIN
     UPDATE cotune_jobs SET mlflow_setting = 'MLFLOW_TRACKING_URI' WHERE mlflow_setting IS NOT NULL;
     ALTER TABLE cotune_jobs ALTER COLUMN mlflow_setting TYPE varchar(64);
   END IF;
+  -- tables made before tickets had an ordinal: the index that counts it
+  CREATE INDEX IF NOT EXISTS ix_cotune_tickets_study_order ON cotune_tickets (job_id, study, kind, id);
 END $$;
 """

@@ -251,6 +251,16 @@ class JobStore:
             ).first()
             if row is None:
                 return None
+            ordinal = None
+            if row.kind == TicketKind.TRIAL.value:
+                ordinal = c.execute(
+                    sa.select(sa.func.count()).where(
+                        tickets.c.job_id == row.job_id,
+                        tickets.c.study == row.study,
+                        tickets.c.kind == TicketKind.TRIAL.value,
+                        tickets.c.id < ticket_id,
+                    )
+                ).scalar_one()
             # One statement marks the job running (the first time) and reads its deadline.
             late = c.execute(
                 sa.text(
@@ -260,7 +270,7 @@ class JobStore:
                 ),
                 {"queued": JobState.QUEUED.value, "running": JobState.RUNNING.value, "id": row.job_id},
             ).scalar()
-        return Claim(ticket_id, row.job_id, row.study, TicketKind(row.kind), row.attempt, bool(late))
+        return Claim(ticket_id, row.job_id, row.study, TicketKind(row.kind), row.attempt, bool(late), ordinal)
 
     def _held(self, claim: Claim):
         return (
