@@ -232,6 +232,8 @@ class StudySession:
             "objective": spec.objective.value,
             "accuracy_bound": spec.accuracy_bound,
         }
+        if self.run_id is None:  # no tracker here now (MLflow down on a worker): keep the run made at submit
+            del attrs["mlflow_run_id"]
         existing = self.study.user_attrs
         for key, value in attrs.items():
             if existing.get(key) != value:  # each write is a transaction on a shared storage
@@ -242,6 +244,7 @@ class StudySession:
         )
         self.patience = spec.budget.patience  # a table row between agreeing neighbours gets a shorter one
         self._table_winners: list[Config] = []  # a table row's neighbours' winners, until both are measured
+        self.tracked = False  # set by finish(): whether the tracker holds the whole study
         self.precompiler: Precompiler | None = None
         self._ahead: deque = deque()  # trials asked ahead, their configs compiling in the precompiler
         self.refresh()
@@ -460,7 +463,8 @@ class StudySession:
             if baselines:
                 self.study.set_user_attr("baselines", baselines)
         self.study.set_user_attr("search", self.search_cost())
-        self.tracker.finish_study(best, self.study)
+        # whether the tracker holds the whole study now; a service worker marks it so in its job store
+        self.tracked = self.tracker.finish_study(best, self.study)
         return best
 
     def _remeasure_baselines(self, best: BestLog) -> dict[str, dict]:

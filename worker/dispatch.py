@@ -290,21 +290,46 @@ def _open_parent_runs(
     store: JobStore,
 ) -> dict[str, str]:
     """One MLflow parent run per study, made before any worker starts, so workers never race to make one.
-    Tagged with the job id, so a failed or abandoned submit finds and removes them."""
+    Tagged with the job id, so a failed or abandoned submit finds and removes them.
+
+    MLflow is not on a submit's critical path: if it cannot be reached, or fails on the way, the job goes on
+    with the runs made so far, and the workers' MLflow sync makes the others once it answers."""
     from cotune.tuner.track.mlflow_tracker import MlflowTracker
 
-    tracker = MlflowTracker(settings.mlflow_tracking_uri)
-    tracker.start_job(spec.name)
-    device = DeviceProfile(name=hardware, kind="cpu" if hardware == CPU_KIND else "cuda")
-    tags = {"cotune.source_hash": kernel.source_hash, "cotune.space": space.source, "cotune.service_job": job_id}
-    out = {}
-    for i, p in enumerate(problems):
-        if i % 10 == 9:
-            store.touch(job_id)
-        name = service_study_name(job_id, p.key, hardware)
-        out[p.key] = tracker.start_study(StudyInfo(spec.name, name, p, device, tags))
-    tracker.close()
+    out: dict[str, str] = {}
+    try:
+        tracker = MlflowTracker(settings.mlflow_tracking_uri)
+        try:
+            tracker.start_job(spec.name)
+            for i, p in enumerate(problems):
+                if i % 10 == 9:
+                    store.touch(job_id)
+                name = service_study_name(job_id, p.key, hardware)
+                out[p.key] = tracker.start_study(
+                    StudyInfo(spec.name, name, p, device_for(hardware), tags_for(kernel, space, job_id))
+                )
+        finally:
+            tracker.close()
+    except Exception as exc:  # StorageError (cannot open), MlflowException, socket errors: all "not now"
+        log.warning(
+            "MLflow could not take the parent runs of %s (%d of %d made); the workers' MLflow sync makes the "
+            "rest once it answers: %s",
+            job_id,
+            len(out),
+            len(problems),
+            settings.redactor()(str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__),
+        )
     return out
+
+
+def device_for(hardware: str) -> DeviceProfile:
+    """The device a parent run names: the hardware kind (a worker's own device is in the study's attrs)."""
+    return DeviceProfile(name=hardware, kind="cpu" if hardware == CPU_KIND else "cuda")
+
+
+def tags_for(kernel: Kernel, space: SearchSpace, job_id: str) -> dict[str, str]:
+    """The tags of a service job's parent run; ``cotune.service_job`` lets a failed submit find its runs."""
+    return {"cotune.source_hash": kernel.source_hash, "cotune.space": space.source, "cotune.service_job": job_id}
 
 
 def open_store(settings: ServiceSettings) -> JobStore:

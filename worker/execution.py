@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,8 +54,7 @@ class WorkerContext:
             spec = spec_from_record(job["spec"])
             row = next(s for s in self.store.studies(job_id) if s["name"] == study)
             kernel = get_kernel(spec.kernel)
-            tracker = _tracker(self.settings.tracking_uri(job["mlflow_setting"]))
-            tracker.start_job(spec.name)
+            tracker = _tracker(self.settings.tracking_uri(job["mlflow_setting"]), spec.name)
             problem = Problem.from_json(json.loads(row["problem"]))
             self.sessions[key] = StudySession(
                 spec,
@@ -89,12 +89,28 @@ class WorkerContext:
         self.runner.close()
 
 
-def _tracker(uri: str | None) -> Tracker:
-    if not uri:
+# After MLflow failed to open, sessions opened within this many seconds skip it without trying (each try
+# costs MLflow's retries, about 7 s); what they measure is written by the MLflow sync later.
+MLFLOW_RETRY_S = 30.0
+_mlflow_down_until = 0.0
+
+
+def _tracker(uri: str | None, job_name: str) -> Tracker:
+    """The study's MLflow tracker, or a NullTracker when MLflow cannot be reached: a worker measures
+    whatever MLflow's state, and the study stays owed to MLflow (:mod:`cotune.worker.mlflow_sync`)."""
+    global _mlflow_down_until
+    if not uri or time.monotonic() < _mlflow_down_until:
         return NullTracker()
     from cotune.tuner.track.mlflow_tracker import MlflowTracker
 
-    return MlflowTracker(uri, shared=True)
+    try:
+        tracker = MlflowTracker(uri, shared=True)
+        tracker.start_job(job_name)
+    except Exception as exc:  # StorageError, MlflowException, a socket error: all mean "not now"
+        _mlflow_down_until = time.monotonic() + MLFLOW_RETRY_S
+        log.warning("MLflow cannot be reached; measuring without it (its runs are written later): %s", exc)
+        return NullTracker()
+    return tracker
 
 
 class Heartbeat:
@@ -181,6 +197,8 @@ def _finalize(ctx: WorkerContext, claim: Claim) -> str:
     session = ctx.session(claim.job_id, claim.study)
     session.refresh()
     best = session.finish()
+    if session.tracked:  # else the study stays owed, and the MLflow sync writes what MLflow lacks
+        ctx.store.mark_mlflow_synced(claim.job_id, claim.study)
     outcome = "ok" if best is not None else "no_result"
     ctx.store.finish(claim, outcome)
     ctx.drop(claim.job_id, claim.study)

@@ -36,9 +36,13 @@ def _close(**_: object) -> None:
 
 @worker_ready.connect
 def _start_reaper(sender=None, **_: object) -> None:
+    from cotune.worker.mlflow_sync import start_mlflow_sync
     from cotune.worker.reaper import start_reaper
 
-    start_reaper(app, ServiceSettings.from_env(), sender.hostname if sender is not None else "worker")
+    hostname = sender.hostname if sender is not None else "worker"
+    settings = ServiceSettings.from_env()
+    start_reaper(app, settings, hostname)
+    start_mlflow_sync(settings, hostname)  # its own thread: an MLflow outage must not slow the reaper
 
 
 @app.task(name=TASK_RUN_TICKET, bind=True, ignore_result=True)

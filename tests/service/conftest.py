@@ -60,7 +60,9 @@ def service(tmp_path, redis_server, pg_url, mlflow_server) -> Iterator[Service]:
         "COTUNE_STORAGE": pg_url,
         "COTUNE_BROKER_URL": redis_server.url,
         "MLFLOW_TRACKING_URI": mlflow_server.url,
-        "COTUNE_LEASE_S": "3",
+        # A lease long enough that a worker starved of CPU for seconds on a loaded 2-core machine keeps its
+        # trial (its heartbeat renews every lease/3); the kill tests wait for it to run out.
+        "COTUNE_LEASE_S": "10",
         "COTUNE_REAP_INTERVAL_S": "1",
         "COTUNE_API_TOKEN": API_TOKEN,
         "PYTHONUNBUFFERED": "1",

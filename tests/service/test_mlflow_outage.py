@@ -66,3 +66,69 @@ def test_a_study_outlives_its_tracking_server(tmp_path, cpu):
         assert parent.info.status == "FINISHED" and parent.data.params["best.x"]
     finally:
         server.stop()
+
+
+def test_a_service_job_outlives_its_tracking_server(service, tmp_path):
+    """The service with MLflow down before a job, lost in the middle of another, and down when a third is
+    cancelled: every job ends as it would have, `status` shows what MLflow is owed, and once the server is
+    back the workers write it all, with no manual step: every finished trial's child run exactly once, each
+    summary, the cancelled job's parent run KILLED."""
+    import json
+
+    import optuna
+    from cotune.tuner.measure.trial_record import TRIAL_ATTR
+
+    from tests.service.conftest import noop_spec
+    from tests.service.stack import wait_for
+    from tests.service.test_workers import submit, wait_job
+
+    (tmp_path / "mlflow").mkdir()
+    server = MlflowServer(tmp_path / "mlflow")
+    service.env["MLFLOW_TRACKING_URI"] = server.url
+    storage = open_storage(service.env["COTUNE_STORAGE"])
+
+    def record(job: str) -> dict:
+        return json.loads(service.cli("status", job, "--json").stdout)
+
+    def done_trials(job: str) -> int:
+        return sum(t["state"] == "done" and t["kind"] == "trial" for t in service.tickets(job))
+
+    try:
+        server.stop(close_log=False)
+        before = submit(service, tmp_path, noop_spec("owed-before", trials=4, sleep_ms=50))  # no MLflow at submit
+        service.start_worker("steady")
+        first = wait_job(service, before)
+        assert first["state"] == "succeeded" and first["trials"]["finished"] == 4, first
+        assert first["mlflow"] == {"studies": 1, "synced": 0, "owed": 1}
+        assert "1 owed" in service.cli("status", before).stdout
+
+        server.start()
+        during = submit(service, tmp_path, noop_spec("owed-during", trials=8, sleep_ms=300))
+        wait_for(lambda: done_trials(during) >= 2, 120, "two trials logged while MLflow is up")
+        server.stop(close_log=False)
+        assert wait_job(service, during)["state"] == "succeeded"
+        cancelled = submit(service, tmp_path, noop_spec("owed-cancel", trials=40, sleep_ms=300))
+        wait_for(lambda: done_trials(cancelled) >= 1, 120, "a trial of the job to cancel")
+        assert service.cli("cancel", cancelled).returncode == 0
+        wait_for(lambda: record(cancelled)["mlflow"]["owed"] == 1, 120, "the cancelled job's last trial to end")
+
+        server.start()  # nothing else: the workers' MLflow sync writes what is owed
+        jobs = {before: "FINISHED", during: "FINISHED", cancelled: "KILLED"}
+        wait_for(lambda: all(record(j)["mlflow"]["synced"] == 1 for j in jobs), 180, "the MLflow sync", 1.0)
+        client = MlflowClient(server.url)
+        for job, status in jobs.items():
+            (study,) = record(job)["studies"]
+            parent = client.get_run(study["mlflow_run_id"])
+            assert parent.info.status == status, (job, parent.info.status)
+            assert parent.data.tags["cotune.service_job"] == job
+            runs = client.search_runs(
+                [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=1000
+            )
+            loaded = optuna.load_study(study_name=study["name"], storage=storage)
+            finished = [t.number for t in loaded.get_trials(deepcopy=False) if TRIAL_ATTR in t.user_attrs]
+            assert sorted(int(r.data.tags["cotune.trial"]) for r in runs) == sorted(finished), job
+            if status == "FINISHED":
+                assert parent.data.params["best.x"] and "time_ms" in parent.data.metrics
+        assert "mlflow: complete (1 of 1 studies)" in service.cli("status", during).stdout
+    finally:
+        server.stop()

@@ -80,8 +80,19 @@ def show_record(job: str, as_json: bool) -> None:
     )
     for s in record["studies"]:
         out.print(f"  {s['name']}  mlflow run {s['mlflow_run_id']}")
+    out.print(f"mlflow: {mlflow_line(record['mlflow'])}")
     if record["error"]:
         out.print(f"[red]error:[/red] {record['error']}")
+
+
+def mlflow_line(m: dict[str, int]) -> str:
+    """How much of the job MLflow holds: complete, owed (written once the server answers), or in progress."""
+    if m["synced"] == m["studies"]:
+        return f"complete ({m['studies']} of {m['studies']} studies)"
+    parts = [f"{m['synced']} of {m['studies']} studies complete"]
+    if m["owed"]:
+        parts.append(f"{m['owed']} owed (the workers write them once the tracking server answers)")
+    return ", ".join(parts)
 
 
 @clean_errors

@@ -65,6 +65,10 @@ studies = sa.Table(
     sa.Column("problem", sa.Text, nullable=False),
     sa.Column("budget", sa.Integer, nullable=False),
     sa.Column("mlflow_run_id", sa.String(64), nullable=True),
+    # MLflow holds all it will of this study: every finished trial's child run, the summary, the parent run
+    # closed. False while owed; workers' MLflow sync (cotune.worker.mlflow_sync) writes what is owed whenever
+    # the tracking server answers. Rows of tables made before the column existed count as written.
+    sa.Column("mlflow_synced", sa.Boolean, nullable=False, server_default=sa.true()),
 )
 
 tickets = sa.Table(
@@ -145,7 +149,17 @@ DO $$ BEGIN
     UPDATE cotune_jobs SET mlflow_setting = 'MLFLOW_TRACKING_URI' WHERE mlflow_setting IS NOT NULL;
     ALTER TABLE cotune_jobs ALTER COLUMN mlflow_setting TYPE varchar(64);
   END IF;
-  -- tables made before tickets had an ordinal: the index that counts it
-  CREATE INDEX IF NOT EXISTS ix_cotune_tickets_study_order ON cotune_tickets (job_id, study, kind, id);
+  -- tables made before tickets had an ordinal: the index that counts it (checked first, as only the
+  -- tables' owner may create it, and a service may run as a role that is not)
+  IF NOT EXISTS (SELECT 1 FROM pg_indexes
+                 WHERE indexname = 'ix_cotune_tickets_study_order' AND schemaname = current_schema()) THEN
+    CREATE INDEX ix_cotune_tickets_study_order ON cotune_tickets (job_id, study, kind, id);
+  END IF;
+  -- tables made before MLflow writes could be owed
+  IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                 WHERE table_name = 'cotune_studies' AND column_name = 'mlflow_synced'
+                   AND table_schema = current_schema()) THEN
+    ALTER TABLE cotune_studies ADD COLUMN mlflow_synced boolean NOT NULL DEFAULT true;
+  END IF;
 END $$;
 """

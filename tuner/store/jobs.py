@@ -16,7 +16,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
@@ -91,7 +92,12 @@ class JobStore:
             for study, problem, budget, run_id in study_budgets:
                 c.execute(
                     studies.insert().values(
-                        job_id=job_id, name=study, problem=json.dumps(problem), budget=budget, mlflow_run_id=run_id
+                        job_id=job_id,
+                        name=study,
+                        problem=json.dumps(problem),
+                        budget=budget,
+                        mlflow_run_id=run_id,
+                        mlflow_synced=mlflow_setting is None,  # with no MLflow, nothing is ever owed to it
                     )
                 )
                 rows += [dict(kind=TicketKind.TRIAL.value, released=True, study=study) for _ in range(budget)]
@@ -168,6 +174,8 @@ class JobStore:
                     .where(tickets.c.job_id.in_(ids), tickets.c.state == TicketState.PENDING.value)
                     .values(state=TicketState.CANCELLED.value)
                 )
+                # the caller removes their MLflow runs: MLflow is owed nothing of a job that never ran
+                c.execute(studies.update().where(studies.c.job_id.in_(ids)).values(mlflow_synced=True))
         return [{"id": r.id, "name": r.name} for r in rows]
 
     def job(self, job_id: str) -> dict[str, Any]:
@@ -454,6 +462,91 @@ class JobStore:
         with self.engine.connect() as c:
             return [(i, k) for i, k in c.execute(q)]
 
+    # -- what MLflow is owed ------------------------------------------------------------------------------
+
+    def _owed(self):
+        """Studies MLflow is owed and that will not change any more: the study was finalized (its winner
+        recorded), or its job ended and no trial of it is still measuring. A study being tuned is not owed yet."""
+        finalized = (
+            sa.select(tickets.c.id)
+            .where(
+                tickets.c.job_id == studies.c.job_id,
+                tickets.c.study == studies.c.name,
+                tickets.c.kind == TicketKind.FINALIZE.value,
+                tickets.c.state == TicketState.DONE.value,  # not one a cancel closed
+            )
+            .exists()
+        )
+        # of an ended job, a ticket still claimed is a trial still measuring (a cancel lets it finish)
+        measuring = (
+            sa.select(tickets.c.id)
+            .where(
+                tickets.c.job_id == studies.c.job_id,
+                tickets.c.study == studies.c.name,
+                tickets.c.state.in_([s.value for s in OPEN]),
+            )
+            .exists()
+        )
+        ended = jobs.c.state.in_([JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.value])
+        return finalized, studies.c.mlflow_synced.is_(False) & ((ended & ~measuring) | finalized)
+
+    def mlflow_owed(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Up to ``limit`` studies MLflow is owed (oldest job first), each with its job's name, state,
+        hardware and spec, and whether the study was finalized."""
+        finalized, owed = self._owed()
+        q = (
+            sa.select(
+                studies.c.job_id,
+                studies.c.name.label("study"),
+                studies.c.problem,
+                studies.c.mlflow_run_id,
+                jobs.c.name.label("job_name"),
+                jobs.c.state.label("job_state"),
+                jobs.c.hardware,
+                jobs.c.spec,
+                finalized.label("finalized"),
+            )
+            .join(jobs, jobs.c.id == studies.c.job_id)
+            .where(owed)
+            .order_by(jobs.c.created_at, studies.c.name)
+            .limit(limit)
+        )
+        with self.engine.connect() as c:
+            return [dict(r) for r in c.execute(q).mappings()]
+
+    @contextmanager
+    def mlflow_sync_lock(self, job_id: str, study: str) -> Iterator[Callable[[str | None], None] | None]:
+        """Hold the right to write a study's owed MLflow runs, so two workers' syncs never write one twice.
+        Yields None when another holds it or the study is no longer owed; else a ``done(run_id)`` to call
+        once MLflow holds everything, which marks the study synced when the lock is let go."""
+        with self.engine.connect() as c, c.begin():
+            key = f"cotune-mlflow:{job_id}:{study}"
+            got = c.execute(sa.select(sa.func.pg_try_advisory_xact_lock(sa.func.hashtext(key)))).scalar()
+            still_owed = (
+                c.execute(
+                    sa.select(studies.c.mlflow_synced).where(studies.c.job_id == job_id, studies.c.name == study)
+                ).scalar()
+                is False
+            )
+            if not (got and still_owed):
+                yield None
+                return
+            marked: list[str | None] = []
+            yield marked.append
+            if marked:
+                c.execute(
+                    studies.update()
+                    .where(studies.c.job_id == job_id, studies.c.name == study)
+                    .values(mlflow_synced=True, mlflow_run_id=sa.func.coalesce(marked[0], studies.c.mlflow_run_id))
+                )
+
+    def mark_mlflow_synced(self, job_id: str, study: str) -> None:
+        """The worker that finalized the study wrote all of it to MLflow itself."""
+        with self.engine.begin() as c:
+            c.execute(
+                studies.update().where(studies.c.job_id == job_id, studies.c.name == study).values(mlflow_synced=True)
+            )
+
     # -- the job record -----------------------------------------------------------------------------------
 
     def record(self, job_id: str) -> dict[str, Any]:
@@ -467,6 +560,14 @@ class JobStore:
         cancelled = sum(n for (s, _), n in trial.items() if s == TicketState.CANCELLED)
         if cancelled:
             skipped_by["cancelled"] = cancelled
+        rows = self.studies(job_id)
+        _, owed = self._owed()
+        with self.engine.connect() as c:
+            owed_now = c.execute(
+                sa.select(sa.func.count())
+                .select_from(studies.join(jobs, jobs.c.id == studies.c.job_id))
+                .where(studies.c.job_id == job_id, owed)
+            ).scalar()
         return {
             "id": job["id"],
             "name": job["name"],
@@ -492,9 +593,13 @@ class JobStore:
                     "problem": json.loads(s["problem"]),
                     "budget": s["budget"],
                     "mlflow_run_id": s["mlflow_run_id"],
+                    "mlflow_synced": s["mlflow_synced"],
                 }
-                for s in self.studies(job_id)
+                for s in rows
             ],
+            # studies whose runs MLflow holds in full, and those it is owed (written by the workers' MLflow
+            # sync once the tracking server answers); the rest are still being tuned
+            "mlflow": {"studies": len(rows), "synced": sum(s["mlflow_synced"] for s in rows), "owed": owed_now},
         }
 
 

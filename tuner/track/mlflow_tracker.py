@@ -189,9 +189,10 @@ class MlflowTracker:
             f.result()
         self._pending.clear()
 
-    def finish_study(self, best: BestLog | None, study: optuna.Study) -> None:
-        """Write what the study's trials miss and the study's summary. MLflow being down fails neither the
-        study nor the job: both are in the Optuna storage, and the failure is logged and reported at close."""
+    def finish_study(self, best: BestLog | None, study: optuna.Study) -> bool:
+        """Write what the study's trials miss and the study's summary; whether all of it was written. MLflow
+        being down fails neither the study nor the job: both are in the Optuna storage, and the failure is
+        logged and reported at close."""
         from mlflow.exceptions import MlflowException
 
         self.flush()
@@ -200,11 +201,15 @@ class MlflowTracker:
         except (MlflowException, OSError, StorageError) as exc:
             error = f"study {study.study_name}: {str(exc).splitlines()[0]}"
             self._errors.append(error)
+            later = "the workers write them" if self.shared else "`cotune mlflow-sync JOB` writes them"
             log.warning(
-                "MLflow could not record %s; its trials and best config are in the Optuna storage, and "
-                "`cotune mlflow-sync JOB` writes them once the server is back",
+                "MLflow could not record %s; its trials and best config are in the Optuna storage, and %s once "
+                "the server is back",
                 error,
+                later,
             )
+            return False
+        return True
 
     def resume_study(self, run_id: str) -> None:
         """Continue a study's parent run made earlier, by its id (``cotune mlflow-sync``)."""

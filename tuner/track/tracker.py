@@ -86,7 +86,9 @@ class Tracker(Protocol):
 
     def log_trial(self, trial: TrialLog) -> None: ...
 
-    def finish_study(self, best: BestLog | None, study: optuna.Study) -> None: ...
+    def finish_study(self, best: BestLog | None, study: optuna.Study) -> bool:
+        """Record the study's end; whether the tracking store now holds all of it (every trial, the summary).
+        False is no error: the study is in Optuna, and the service's MLflow sync writes what is missing."""
 
     def close(self) -> None: ...
 
@@ -103,8 +105,8 @@ class NullTracker:
     def log_trial(self, trial: TrialLog) -> None:
         pass
 
-    def finish_study(self, best: BestLog | None, study: optuna.Study) -> None:
-        pass
+    def finish_study(self, best: BestLog | None, study: optuna.Study) -> bool:
+        return False  # it holds nothing
 
     def close(self) -> None:
         pass
