@@ -160,10 +160,10 @@ class Service:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
-    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    def cli(self, *args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "cotune.tuner.cli", *args],
-            env=self.env,
+            env={**self.env, **(env or {})},
             capture_output=True,
             text=True,
             timeout=timeout,
