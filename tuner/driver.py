@@ -247,6 +247,8 @@ class StudySession:
         self.tracked = False  # set by finish(): whether the tracker holds the whole study
         self.precompiler: Precompiler | None = None
         self._ahead: deque = deque()  # trials asked ahead, their configs compiling in the precompiler
+        # the trial :meth:`step` has asked and not yet told: what a worker fails when its task is cut mid-step
+        self.stepping: int | None = None
         self.refresh()
 
     def refresh(self, asked: int | None = None) -> None:
@@ -353,6 +355,7 @@ class StudySession:
     def step(self, on_measure: Callable[[int], None] | None = None) -> TrialResult:
         """Ask one trial, screen it, measure it if needed, record and tell it."""
         trial = self._ahead.popleft() if self._ahead else self.study.ask(self._distributions)
+        self.stepping = trial.number
         config = Config.make(trial.params)
         if self.parallel:
             self.refresh(asked=trial.number)
@@ -373,6 +376,7 @@ class StudySession:
             else:
                 result = self.objective.measure_trial(config)
         tell(self.study, trial, result, self.spec.objective)
+        self.stepping = None
         self.objective.remember(trial.number, result)
         self.tracker.log_trial(
             TrialLog(

@@ -64,7 +64,8 @@ class FailureKind(enum.StrEnum):
     TIMEOUT = "timeout"
     CRASH = "crash"
     IN_FLIGHT = "in_flight"  # another worker is measuring the same config (service mode)
-    WORKER_LOST = "worker_lost"  # the worker died mid-trial; the trial is failed and its ticket re-run
+    # the worker died mid-trial, or its task was cut by the time limit; the trial is failed, its ticket re-run
+    WORKER_LOST = "worker_lost"
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from cotune.tuner.device.profiles import detect
 from cotune.tuner.driver import StudySession
 from cotune.tuner.measure.isolation import CandidateRunner
 from cotune.tuner.measure.registry import get_kernel
+from cotune.tuner.measure.trial_record import fail_lost_trial
 from cotune.tuner.spec.settings import ServiceSettings
 from cotune.tuner.store.job_tables import Claim, TicketKind
 from cotune.tuner.store.jobs import JobStore
@@ -152,15 +154,34 @@ def run_ticket(ctx: WorkerContext, app, ticket_id: int, worker: str) -> str:
                 outcome = _run_trial(ctx, app, claim)
             else:
                 outcome = _finalize(ctx, claim)
+    except SoftTimeLimitExceeded:
+        # Cut anywhere in a step (a measurement, a write, MLflow): the study's session is dropped rather than
+        # trusted half-way; the candidate process was killed by the runner and the trial failed by _run_trial.
+        ctx.drop(claim.job_id, claim.study)
+        error = f"SoftTimeLimitExceeded: {time_limit_reason(ctx.settings)}"
+        log.warning("ticket %s: %s", ticket_id, error)
+        return _release(ctx, app, claim, error)
     except Exception as exc:
         log.exception("ticket %s raised", ticket_id)
-        if store.release_after_error(claim, f"{type(exc).__name__}: {exc}"):
-            job = store.job(claim.job_id)
-            send_tickets(app, store, job["hardware"], [ticket_id], countdown=2)
-        return f"error: {exc}"
+        return _release(ctx, app, claim, f"{type(exc).__name__}: {exc}")
     if claim.kind is TicketKind.FINALIZE:
         store.complete_job_if_done(claim.job_id)
     return outcome
+
+
+def time_limit_reason(settings: ServiceSettings) -> str:
+    return (
+        f"stopped at the workers' soft task time limit of {settings.task_soft_time_limit_s:g} s "
+        f"(COTUNE_TASK_TIME_LIMIT_S={settings.task_time_limit_s:g})"
+    )
+
+
+def _release(ctx: WorkerContext, app, claim: Claim, error: str) -> str:
+    """Put the ticket back to run again, a few seconds later; after its last attempt the store fails the job."""
+    if ctx.store.release_after_error(claim, error):
+        job = ctx.store.job(claim.job_id)
+        send_tickets(app, ctx.store, job["hardware"], [claim.ticket_id], countdown=2)
+    return f"error: {error}"
 
 
 def _run_trial(ctx: WorkerContext, app, claim: Claim) -> str:
@@ -181,10 +202,25 @@ def _run_trial(ctx: WorkerContext, app, claim: Claim) -> str:
     # the ticket's sampler seed derives from the job's seed and the ticket's place in its study, so a job
     # repeats with its seed as far as docs/service.md says (never from the process or the time)
     session.study.sampler.seed_ticket(claim.ordinal)
-    result = session.step_until_measured(on_measure)
+    try:
+        result = session.step_until_measured(on_measure)
+    except SoftTimeLimitExceeded:
+        _fail_cut_trial(ctx, session)
+        raise
     outcome = "exhausted" if result is None else result.status.value
     _finish_trial(ctx, app, claim, outcome, measured[-1] if measured else None)
     return outcome
+
+
+def _fail_cut_trial(ctx: WorkerContext, session: StudySession) -> None:
+    """Fail the trial a time limit cut short now, as a lost worker's is (not counted, its program given back
+    for the ticket's next attempt), instead of leaving it RUNNING until a reaper finds it orphaned."""
+    number = session.stepping
+    if number is None:
+        return
+    reason = f"{time_limit_reason(ctx.settings)} while this trial ran"
+    if fail_lost_trial(session.study, number, reason) and session.reservations is not None:
+        session.reservations.release([number])
 
 
 def _finish_trial(ctx: WorkerContext, app, claim: Claim, outcome: str, trial_number: int | None) -> None:

@@ -142,11 +142,12 @@ class Service:
     workers: list[subprocess.Popen] = field(default_factory=list)
     mlflow_log: Path | None = None
 
-    def start_worker(self, name: str) -> subprocess.Popen:
+    def start_worker(self, name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        """Start ``cotune worker`` with the service's environment, ``env`` overriding some of it."""
         log = open(self.workdir / f"{name}.log", "w")
         proc = subprocess.Popen(
             [sys.executable, "-m", "cotune.tuner.cli", "worker", "--name", f"{name}@test", "--loglevel", "INFO"],
-            env=self.env,
+            env={**self.env, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: kill -9 takes the pool and candidate with it
@@ -159,10 +160,10 @@ class Service:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
-    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    def cli(self, *args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "cotune.tuner.cli", *args],
-            env=self.env,
+            env={**self.env, **(env or {})},
             capture_output=True,
             text=True,
             timeout=timeout,

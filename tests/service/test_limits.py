@@ -17,7 +17,7 @@ import pytest
 import redis
 from cotune.tuner.device.profiles import queue_name
 from cotune.tuner.service.api import create_app
-from cotune.tuner.spec.settings import ServiceSettings
+from cotune.tuner.spec.settings import ServiceSettings, SettingsError
 from cotune.tuner.store.jobs import JobStore
 from fastapi.testclient import TestClient
 
@@ -154,6 +154,18 @@ def test_unknown_hardware_is_422_listing_the_known_queues(client, env, no_new_jo
         "nvidia-h100-80gb-hbm3",
         "nvidia-l4",
     ]
+
+
+def test_the_soft_time_limit_leaves_a_cut_task_time_to_settle():
+    """A task cut by the soft limit kills its candidate and fails its trial before the hard limit kills the
+    pool process: the gap is a tenth of the limit, at least 5 s and at most a minute."""
+
+    def soft(limit: float) -> float:
+        return ServiceSettings(task_time_limit_s=limit).task_soft_time_limit_s
+
+    assert (soft(3600), soft(600), soft(120), soft(20), soft(10)) == (3540, 540, 108, 15, 5)
+    with pytest.raises(SettingsError, match=r"COTUNE_TASK_TIME_LIMIT_S=5: must lie between 10 and"):
+        ServiceSettings.from_env({"COTUNE_TASK_TIME_LIMIT_S": "5"})
 
 
 @pytest.mark.parametrize("field", ["mlflow_tracking_uri", "storage"])

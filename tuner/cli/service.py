@@ -14,7 +14,9 @@ from typing import Annotated, Any
 import typer
 from cotune.tuner.cli.console import clean_errors, err, out
 from cotune.tuner.device.profiles import CPU_KIND
-from rich.table import Table
+from rich import box
+from rich.markup import escape
+from rich.table import Column, Table
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -54,15 +56,25 @@ def jobs(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     if as_json:
         print(json.dumps(records))
         return
-    table = Table()
-    for col in ("job", "name", "state", "hardware", "trials", "created"):
-        table.add_column(col)
+    # A job id is copied into other commands: it is never cut or folded. At 80 columns the rest gives way:
+    # a long name or hardware slug folds onto more lines (never an ellipsis), the time goes under the date.
+    table = Table(box=box.SIMPLE_HEAD)
+    table.add_column("job", no_wrap=True, min_width=max((len(r["id"]) for r in records), default=3))
+    table.add_column("name", overflow="fold", min_width=10)
+    table.add_column("state", no_wrap=True)
+    table.add_column("hardware", overflow="fold")
+    table.add_column("trials", no_wrap=True)
+    table.add_column("created", min_width=10)
     for r in records:
         t = r["trials"]
-        table.add_row(
-            r["id"], r["name"], r["state"], r["hardware"], f"{t['finished']}/{t['requested']}", r["created_at"][:19]
-        )
+        created = r["created_at"][:19].replace("T", " ")
+        table.add_row(r["id"], r["name"], r["state"], r["hardware"], f"{t['finished']}/{t['requested']}", created)
     out.print(table)
+
+
+def _print_error(record: dict[str, Any]) -> None:
+    # the error is text, not markup: "pip install 'cotune[gpu]'" would lose its "[gpu]" as an unknown tag
+    out.print(f"[red]error:[/red] {escape(record['error'])}", highlight=False)
 
 
 def show_record(job: str, as_json: bool) -> None:
@@ -72,17 +84,17 @@ def show_record(job: str, as_json: bool) -> None:
         print(json.dumps(record))
         return
     t = record["trials"]
-    out.print(f"{record['id']} ({record['name']}): [bold]{record['state']}[/bold] on {record['hardware']}")
+    out.print(f"{record['id']} ({escape(record['name'])}): [bold]{record['state']}[/bold] on {record['hardware']}")
     out.print(
         f"trials: {t['finished']}/{t['requested']} finished, {t['failed']} failed, {t['running']} running, "
         f"{t['pending']} pending, {t['skipped']} skipped"
         + (f" ({', '.join(f'{why} {n}' for why, n in sorted(t['skipped_by'].items()))})" if t["skipped"] else "")
     )
     for s in record["studies"]:
-        out.print(f"  {s['name']}  mlflow run {s['mlflow_run_id']}")
+        out.print(f"  {escape(s['name'])}  mlflow run {s['mlflow_run_id']}")
     out.print(f"mlflow: {mlflow_line(record['mlflow'])}")
     if record["error"]:
-        out.print(f"[red]error:[/red] {record['error']}")
+        _print_error(record)
 
 
 def mlflow_line(m: dict[str, int]) -> str:
@@ -102,17 +114,23 @@ def watch(job: str, interval: float = 1.0) -> None:
 
     _, store = _service()
     record = store.record(job)
+    # the job id and the trial count stay whole at 80 columns; the state and its counts fold under themselves
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=out
+        TextColumn("{task.description}", table_column=Column(no_wrap=True)),
+        BarColumn(bar_width=20),
+        MofNCompleteColumn(table_column=Column(no_wrap=True)),
+        TextColumn("{task.fields[state]}", table_column=Column(overflow="fold")),
+        TimeElapsedColumn(),
+        console=out,
     ) as progress:
-        task = progress.add_task(job, total=record["trials"]["requested"])
+        task = progress.add_task(job, total=record["trials"]["requested"], state=record["state"])
         while True:
             record = store.record(job)
             t = record["trials"]
             progress.update(
                 task,
                 completed=t["finished"] + t["skipped"],
-                description=f"{job} {record['state']} ({t['running']} running, {t['failed']} failed)",
+                state=f"{record['state']} ({t['running']} running, {t['failed']} failed)",
             )
             if record["state"] in TERMINAL:
                 break
@@ -141,7 +159,7 @@ def wait(
 def _exit_for(record: dict[str, Any]) -> None:
     if record["state"] != "succeeded":
         if record["error"]:
-            out.print(f"[red]error:[/red] {record['error']}")
+            _print_error(record)
         raise typer.Exit(1)
 
 

@@ -2,8 +2,9 @@
 
 The child is a fresh interpreter (CUDA does not survive ``fork``) started with :mod:`subprocess`, not
 :mod:`multiprocessing`, so it can be started from anywhere, including a Celery pool process, which
-multiprocessing refuses as a daemon. It is reused across candidates; after a crash or a timeout it is
-killed and a fresh one is started for the next candidate. Requests and replies are pickled over pipes.
+multiprocessing refuses as a daemon. It is reused across candidates; after a crash, a timeout or an
+exception that interrupts a request it is killed and a fresh one is started for the next candidate.
+Requests and replies are pickled over pipes.
 
 A runner made with ``warm=<kernel>`` starts its child on entering its ``with`` block, without waiting for it,
 and the child loads that kernel's toolchain (``Kernel.toolchain()``: torch and Triton for a Triton kernel)
@@ -147,8 +148,8 @@ class CandidateRunner:
         return conn
 
     def run(self, request: Request) -> Measurement | Failure:
-        conn = self._start()
         try:
+            conn = self._start()
             conn.send(request)
             if not conn.poll(request.bench.timeout_s):
                 self._kill()
@@ -156,6 +157,11 @@ class CandidateRunner:
             reply = conn.recv()
         except (EOFError, BrokenPipeError, ConnectionResetError):
             return Failure(FailureKind.CRASH, self._death_reason())
+        except BaseException:
+            # Left mid-exchange (a Celery soft time limit, Ctrl-C): the child is still measuring, and its late
+            # reply would answer the next request. The next candidate gets a fresh child instead.
+            self._kill()
+            raise
         if reply[0] == "ok":
             return reply[1]
         if reply[3]:  # the child exits after this reply; reap it so the next candidate gets a fresh one

@@ -64,8 +64,9 @@ def counted(t) -> bool:
     return t.state == expected.get(stored["status"])
 
 
-def fail_lost_trial(study, number: int, reason: str) -> None:
-    """Fail a trial whose process is gone; told with skip_if_finished so a late result is harmless."""
+def fail_lost_trial(study, number: int, reason: str) -> bool:
+    """Fail a trial whose process is gone (or stopped measuring it); told with skip_if_finished so a late
+    result is harmless. False when the trial had already finished: its own result stands."""
     from optuna.trial import TrialState
 
     stored = {"status": TrialStatus.FAIL.value, "failure_kind": FailureKind.WORKER_LOST.value, "reason": reason}
@@ -75,5 +76,6 @@ def fail_lost_trial(study, number: int, reason: str) -> None:
         trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
         storage.set_trial_user_attr(trial_id, TRIAL_ATTR, stored)
     except RuntimeError:  # finished meanwhile: its own result stands
-        return
+        return False
     study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+    return True

@@ -104,7 +104,10 @@ class ServiceSettings:
 
     @property
     def task_soft_time_limit_s(self) -> float:
-        return max(self.task_time_limit_s - 60.0, self.task_time_limit_s * 0.9)
+        # The gap to the hard limit is the time a cut task has to kill its candidate and record the failed
+        # trial before Celery kills the pool process: a tenth of the limit, at least 5 s, at most a minute.
+        limit = self.task_time_limit_s
+        return limit - min(60.0, max(5.0, limit * 0.1))
 
     def redactor(self) -> Redactor:
         """Masks every credential of these settings (and any URL's) in a text: see :mod:`.redact`."""
@@ -143,7 +146,7 @@ class ServiceSettings:
             api_read_token=env.get("COTUNE_API_READ_TOKEN") or None,
             lease_s=_float(env, "COTUNE_LEASE_S", 30.0, 0.3, 86400.0),
             reap_interval_s=_float(env, "COTUNE_REAP_INTERVAL_S", 5.0, 0.1, 3600.0),
-            task_time_limit_s=_float(env, "COTUNE_TASK_TIME_LIMIT_S", 3600.0, 120.0, 7 * 86400.0),
+            task_time_limit_s=_float(env, "COTUNE_TASK_TIME_LIMIT_S", 3600.0, 10.0, 7 * 86400.0),
             max_body_bytes=_int(env, "COTUNE_API_MAX_BODY_BYTES", 1_000_000, 1024, 100_000_000),
             max_problems=_int(env, "COTUNE_MAX_PROBLEMS", 256, 1, 100_000),
             max_trials_per_problem=_int(env, "COTUNE_MAX_TRIALS_PER_PROBLEM", 5_000, 1, 1_000_000),
