@@ -267,6 +267,7 @@ def _create_studies(
     import optuna
     from cotune.tuner.measure.objective import directions
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study on the submitter's stderr
     storage = open_storage(storage_url)
     for i, (name, problem, budget) in enumerate(studies):
         if i % 10 == 9:
