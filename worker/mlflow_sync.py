@@ -66,9 +66,18 @@ class MlflowSync:
                         continue  # another worker's sync has it, or had it
                     try:
                         done(self._sync_study(tracker, row))
-                    except Exception as exc:  # the server went away mid-way: the study stays owed
-                        log.warning("MLflow sync of %s stopped: %s", row["study"], self.settings.redactor()(str(exc)))
-                        return synced
+                    except KeyError:  # its Optuna study was deleted by hand: nothing is left to write
+                        log.warning("MLflow sync: %s has no Optuna study any more; nothing to write", row["study"])
+                        done(None)
+                        continue
+                    except Exception as exc:
+                        reason = self.settings.redactor()(str(exc).splitlines()[0] if str(exc).strip() else repr(exc))
+                        if not _answers(tracker):  # the server went away: the rest waits for the next round
+                            log.warning("MLflow sync stopped at %s, MLflow is gone again: %s", row["study"], reason)
+                            return synced
+                        # one study's trouble must not hold up the others: it is tried again next round
+                        log.warning("MLflow sync of %s failed (tried again next round): %s", row["study"], reason)
+                        continue
                     synced += 1
         finally:
             tracker.close()
@@ -83,6 +92,9 @@ class MlflowSync:
         study = optuna.load_study(study_name=row["study"], storage=self.storage)
         tracker.start_job(row["job_name"])
         run_id = row["mlflow_run_id"] or study.user_attrs.get("mlflow_run_id")
+        if run_id and not _run_exists(tracker, run_id):  # deleted in MLflow, or a tracking store started afresh
+            log.warning("MLflow sync: the parent run %s of %s is gone; making a new one", run_id, row["study"])
+            run_id = None
         if run_id:
             tracker.resume_study(run_id)
         else:  # the submit could not reach MLflow: make the parent run now, as the submit would have
@@ -106,6 +118,25 @@ class MlflowSync:
                 self.sync_once()
             except Exception:  # the job store is down: try again next round
                 log.warning("MLflow sync round failed", exc_info=True)
+
+
+def _answers(tracker) -> bool:  # noqa: ANN001 - an MlflowTracker
+    try:
+        tracker.client.search_experiments(max_results=1)
+    except Exception:
+        return False
+    return True
+
+
+def _run_exists(tracker, run_id: str) -> bool:  # noqa: ANN001 - an MlflowTracker
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return tracker.client.get_run(run_id).info.lifecycle_stage != "deleted"
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
 
 
 def start_mlflow_sync(settings: ServiceSettings, hostname: str) -> threading.Event:

@@ -74,9 +74,12 @@ def test_a_service_job_outlives_its_tracking_server(service, tmp_path):
     back the workers write it all, with no manual step: every finished trial's child run exactly once, each
     summary, the cancelled job's parent run KILLED."""
     import json
+    import secrets
 
     import optuna
     from cotune.tuner.measure.trial_record import TRIAL_ATTR
+    from cotune.tuner.spec.settings import MLFLOW_SETTING
+    from cotune.tuner.store.jobs import JobStore
 
     from tests.service.conftest import noop_spec
     from tests.service.stack import wait_for
@@ -86,6 +89,17 @@ def test_a_service_job_outlives_its_tracking_server(service, tmp_path):
     server = MlflowServer(tmp_path / "mlflow")
     service.env["MLFLOW_TRACKING_URI"] = server.url
     storage = open_storage(service.env["COTUNE_STORAGE"])
+    # Owed studies older than the jobs below, that the sync meets first: one whose parent run this MLflow
+    # never had (a tracking store started afresh), one whose Optuna study was deleted by hand. Neither may
+    # hold up the others; the first gets a new parent run, the second is dropped.
+    store = JobStore(service.env["COTUNE_STORAGE"])
+    ghost_spec = parse_spec(SPEC.replace("name: outage", "name: ghosts"))
+    (problem,) = ghost_spec.expand()
+    ghosts = {f"ghost-{secrets.token_hex(3)}-{kind}": kind for kind in ("no-run", "no-study")}
+    rows = [(name, problem.to_json(), 1, "f" * 32) for name in ghosts]
+    ghost_job, _ = store.create_job("ghosts", "cpu", ghost_spec.model_dump(mode="json"), MLFLOW_SETTING, rows, None)
+    optuna.create_study(study_name=next(n for n, k in ghosts.items() if k == "no-run"), storage=storage)
+    store.cancel(ghost_job)
 
     def record(job: str) -> dict:
         return json.loads(service.cli("status", job, "--json").stdout)
@@ -130,5 +144,9 @@ def test_a_service_job_outlives_its_tracking_server(service, tmp_path):
             if status == "FINISHED":
                 assert parent.data.params["best.x"] and "time_ms" in parent.data.metrics
         assert "mlflow: complete (1 of 1 studies)" in service.cli("status", during).stdout
+        ghost_rows = {s["name"]: s for s in store.studies(ghost_job)}
+        assert all(row["mlflow_synced"] for row in ghost_rows.values())
+        (no_run,) = [n for n, k in ghosts.items() if k == "no-run"]
+        assert client.get_run(ghost_rows[no_run]["mlflow_run_id"]).info.status == "KILLED"
     finally:
         server.stop()
