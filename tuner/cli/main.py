@@ -13,6 +13,7 @@ from cotune.tuner.cli import service as service_cli
 from cotune.tuner.cli.console import SPREAD_LEGEND, clean_errors, err, fmt_time, out, trial_progress
 from cotune.tuner.cli.service import is_service_job, show_record
 from cotune.tuner.cli.stores import MlflowOpt, StorageOpt, mlflow_for, resolve_settings, storage_for
+from rich import box
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="cotune: kernel autotuner (Optuna + MLflow)")
@@ -96,7 +97,15 @@ def tune(
     order = {p.key: i for i, p in enumerate(job.expand())}  # a table is tuned out of order; shown in order
     outcomes.sort(key=lambda o: order[o.problem.key])
     # Configs go under the table, one line each: as a column they wrap into unreadable cells at 80 columns.
-    table = Table(title=f"{job.name}: re-measured winners", caption=SPREAD_LEGEND, caption_justify="left")
+    # without edges the problem column has room for a whole key at 80 columns (Rich otherwise folds it short)
+    table = Table(
+        title=f"{job.name}: re-measured winners",
+        caption=SPREAD_LEGEND,
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+    )
     energy = job.objective.uses_energy
     for col in ("problem", "ok/fail/pruned", "time", "GFLOP/s", "spread", *(("J/call",) if energy else ())):
         # a long problem key folds onto more lines instead of losing the part that tells rows apart
@@ -197,9 +206,10 @@ def status(
     if as_json:
         print(json.dumps(rows))
         return
-    table = Table()
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for col in ("study", "trials", "best config", "best time"):
-        table.add_column(col)
+        # a study name folds rather than losing the part that tells rows apart; the numbers stay on a line
+        table.add_column(col, overflow="fold", no_wrap=col in ("trials", "best time"))
     for r in rows:
         table.add_row(
             r["study"],
