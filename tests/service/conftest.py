@@ -6,6 +6,7 @@ PostgreSQL must be running on 127.0.0.1:5432 (``.ci/run`` starts it); everything
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from collections.abc import Callable, Iterator
@@ -93,3 +94,22 @@ def noop_spec(name: str, trials: int, sleep_ms: int) -> str:
         f"budget: {{trials: {trials}}}\ntop_k: 1\n"
         "bench: {warmup: 0, repeats: 1, remeasure_repeats: 2, timeout_s: 60}\n"
     )
+
+
+WAIT = 180  # seconds a job may take on a loaded 2-core machine; the jobs of these tests need a few
+
+
+def submit(service: Service, tmp_path, text: str) -> str:
+    """Submit a spec with the CLI, as a user would; returns the job id."""
+    (tmp_path / "spec.yaml").write_text(text)
+    done = service.cli("submit", str(tmp_path / "spec.yaml"))
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1]
+
+
+def wait_job(service: Service, job: str, wait: float = WAIT) -> dict:
+    """Wait for a job to succeed (with the CLI's `wait`); its record, or a failure with the diagnosis."""
+    done = service.cli("wait", job, "--timeout", str(wait), "--interval", "0.5", timeout=wait + 30)
+    record = json.loads(service.cli("status", job, "--json").stdout)
+    assert done.returncode == 0, f"{done.stdout}{done.stderr}\n{json.dumps(record['trials'])}\n{service.diagnosis(job)}"
+    return record

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from cotune.tuner.store.jobs import JobStore
 
-from tests.service.conftest import noop_spec
-from tests.service.test_workers import submit
+from tests.service.conftest import noop_spec, submit
 
 NARROW = {"COLUMNS": "80"}  # what a pipe or a CI log gets from Rich, set so that a wide terminal changes nothing
 NAME = "a-job-name-long-enough-that-no-80-column-table-has-room-for-it-on-one-line"

@@ -81,9 +81,8 @@ def test_a_service_job_outlives_its_tracking_server(service, tmp_path):
     from cotune.tuner.spec.settings import MLFLOW_SETTING
     from cotune.tuner.store.jobs import JobStore
 
-    from tests.service.conftest import noop_spec
+    from tests.service.conftest import noop_spec, submit, wait_job
     from tests.service.stack import wait_for
-    from tests.service.test_workers import submit, wait_job
 
     (tmp_path / "mlflow").mkdir()
     server = MlflowServer(tmp_path / "mlflow")

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -15,24 +14,11 @@ from cotune.tuner.store.pg import engine_for
 from cotune.tuner.store.reservations import ProgramReservations
 from cotune.tuner.store.studies import open_storage
 
-from tests.service.conftest import noop_spec
+from tests.service.conftest import noop_spec, submit, wait_job
 from tests.service.stack import wait_for
 
 WAIT = 300  # seconds a 60-trial job may take on a loaded 2-core machine; it needs well under a minute
 TRIALS = 60
-
-
-def submit(service, tmp_path: Path, text: str) -> str:
-    (tmp_path / "spec.yaml").write_text(text)
-    done = service.cli("submit", str(tmp_path / "spec.yaml"))
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip().splitlines()[-1]
-
-
-def wait_job(service, job: str) -> dict:
-    done = service.cli("wait", job, "--timeout", str(WAIT), "--interval", "0.5", timeout=WAIT + 30)
-    assert done.returncode == 0, f"{done.stdout}{done.stderr}\n{service.diagnosis(job)}"
-    return json.loads(service.cli("status", job, "--json").stdout)
 
 
 def measured(url: str, study: str) -> list[optuna.trial.FrozenTrial]:
@@ -44,7 +30,7 @@ def measured(url: str, study: str) -> list[optuna.trial.FrozenTrial]:
 
 def run_and_check(service, tmp_path: Path, sleep_ms: int) -> None:
     job = submit(service, tmp_path, noop_spec(f"nodup{sleep_ms}", trials=TRIALS, sleep_ms=sleep_ms))
-    record_ = wait_job(service, job)
+    record_ = wait_job(service, job, WAIT)
     assert record_["state"] == "succeeded" and record_["trials"]["finished"] == TRIALS, record_["trials"]
     (study,) = record_["studies"]
     configs = Counter(tuple(sorted(t.params.items())) for t in measured(service.env["COTUNE_STORAGE"], study["name"]))

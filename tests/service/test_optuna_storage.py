@@ -21,23 +21,8 @@ from cotune.tuner.errors import StorageError
 from cotune.tuner.store.studies import open_storage
 from optuna.trial import TrialState
 
-from tests.service.conftest import PG_ADMIN, noop_spec
+from tests.service.conftest import PG_ADMIN, noop_spec, submit, wait_job
 from tests.service.stack import free_port, wait_for
-
-WAIT = 180  # seconds a job may take on a loaded machine; they need a few
-
-
-def submit(service, tmp_path: Path, text: str) -> str:
-    (tmp_path / "spec.yaml").write_text(text)
-    done = service.cli("submit", str(tmp_path / "spec.yaml"))
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip().splitlines()[-1]
-
-
-def wait_job(service, job: str) -> dict:
-    done = service.cli("wait", job, "--timeout", str(WAIT), "--interval", "0.5", timeout=WAIT + 30)
-    assert done.returncode == 0, f"{done.stdout}{done.stderr}\n{service.diagnosis(job)}"
-    return json.loads(service.cli("status", job, "--json").stdout)
 
 
 def get_json(url: str) -> dict:

@@ -11,9 +11,8 @@ from cotune.tuner.measure.trial_record import record
 from cotune.tuner.store.studies import open_storage
 from optuna.trial import TrialState
 
-from tests.service.conftest import noop_spec
+from tests.service.conftest import noop_spec, submit, wait_job
 from tests.service.stack import wait_for
-from tests.service.test_workers import submit, wait_job
 
 # the worker's hard limit; its soft limit is 5 s less (ServiceSettings.task_soft_time_limit_s). Long enough for
 # a fresh job's first ticket on a loaded machine, short enough to cut a trial within a test.

@@ -15,24 +15,8 @@ from cotune.tuner.store.jobs import JobStore
 from cotune.tuner.store.studies import open_storage
 from optuna.trial import TrialState
 
-from tests.service.conftest import noop_spec
+from tests.service.conftest import noop_spec, submit, wait_job
 from tests.service.stack import wait_for
-
-WAIT = 180  # seconds a job may take here; the jobs below need a few
-
-
-def submit(service, tmp_path, text: str) -> str:
-    (tmp_path / "spec.yaml").write_text(text)
-    done = service.cli("submit", str(tmp_path / "spec.yaml"))
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip().splitlines()[-1]
-
-
-def wait_job(service, job: str) -> dict:
-    done = service.cli("wait", job, "--timeout", str(WAIT), "--interval", "0.5", timeout=WAIT + 30)
-    record = json.loads(service.cli("status", job, "--json").stdout)
-    assert done.returncode == 0, f"{done.stdout}{done.stderr}\n{json.dumps(record['trials'])}\n{service.diagnosis(job)}"
-    return record
 
 
 def study_trials(service, record: dict) -> list:
