@@ -21,20 +21,15 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cotune.tuner.device.profiles import cpu_profile
+
 REPO = Path(__file__).resolve().parents[1]
 TEST_COMMAND = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
 BURNER = [sys.executable, "-c", "while True: pass"]
 
 
 def machine() -> dict[str, object]:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    cpu = cpu_profile().name  # the name cotune records for this CPU
     mem_kib = int(
         next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
     )
